@@ -1,0 +1,5 @@
+"""``python -m promptgov`` runs the command line."""
+
+from promptgov.cli import main
+
+raise SystemExit(main())

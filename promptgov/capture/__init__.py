@@ -1,0 +1,1 @@
+"""Capture: decorators, ``with`` blocks, context propagation and stream proxies."""

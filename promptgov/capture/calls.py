@@ -1,0 +1,600 @@
+"""``llm_call``, ``retrieval`` and ``tool``: decorators and ``with`` blocks.
+
+Each works bare (``@tool``) or with options (``@llm_call(model=...)``), on
+sync and async functions, sync and async generators, methods, and as
+``with`` / ``async with`` blocks for code that cannot be decorated. The
+wrapped call's return value and exception always pass through unchanged; any
+failure of promptgov itself is counted and swallowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import time
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar, cast, overload
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from promptgov import governor as _gov
+from promptgov import telemetry
+from promptgov.capture.context import current_call_var, get_interaction, last_event_var
+from promptgov.capture.streams import TracedAsyncIterator, TracedIterator
+from promptgov.events import llm_shapes
+from promptgov.events.codec import snapshot
+from promptgov.events.draft import CallSite, Draft
+from promptgov.events.ids import now_ns, uuid7
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_OPERATIONS = {"llm": "chat", "retrieval": "retrieval", "tool": "execute_tool"}
+_CANCELLED = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
+# Stack of (spec, recorder) for ``with`` blocks, per context.
+_blocks: contextvars.ContextVar[tuple[tuple[Any, Any, Any], ...]] = contextvars.ContextVar(
+    "promptgov_blocks", default=()
+)
+
+
+def status_for(exc: BaseException) -> str:
+    """How a call ended, from the exception that ended it."""
+    if isinstance(exc, GeneratorExit):
+        return "closed_early"
+    if isinstance(exc, _CANCELLED):
+        return "cancelled"
+    return "error"
+
+
+class CallRecorder:
+    """One call in progress. Inside a ``with`` block (or via :func:`current_call`)
+    its ``record_*`` methods add what promptgov cannot see by itself."""
+
+    __slots__ = (
+        "_args",
+        "_chunks",
+        "_ctx",
+        "_done",
+        "_explicit",
+        "_first_chunk_ns",
+        "_gov",
+        "_input",
+        "_kwargs",
+        "_messages",
+        "_model",
+        "_parent",
+        "_prompt_sent",
+        "_site",
+        "_span",
+        "_span_ids",
+        "_start_ns",
+        "_start_perf",
+        "_streaming",
+        "anchor_id",
+        "event_id",
+        "prompt_event_id",
+    )
+
+    def __init__(self, gov: _gov.Governor, site: CallSite, streaming: bool) -> None:
+        self._gov = gov
+        self._site = site
+        self._streaming = streaming
+        self._ctx = get_interaction()
+        outer = current_call_var.get()
+        self._parent: str | None = outer.anchor_id if outer is not None else None
+        self._args: Any = ()
+        self._kwargs: Any = None
+        self._input: Any = None
+        self._messages: Any = None
+        self._model: dict[str, Any] | None = None
+        self._explicit: dict[str, Any] | None = None
+        self._chunks: list[Any] | None = None
+        self._first_chunk_ns: int | None = None
+        self._prompt_sent = False
+        self._done = False
+        self.event_id: str | None = None
+        self.anchor_id = uuid7()
+        self.prompt_event_id: str | None = self.anchor_id if site.kind == "llm" else None
+        self._span: trace.Span | None = None
+        if gov.settings.tracing:
+            self._span = telemetry.start_span(site.kind, site.operation, _span_name(site),
+                                              _span_attributes(site, self._ctx))
+        ids = telemetry.span_ids(self._span) if self._span is not None else \
+            telemetry.current_trace_ids()
+        self._span_ids = ids
+        self._start_ns = now_ns()
+        self._start_perf = time.perf_counter_ns()
+
+    # --- explicit recording (with blocks, current_call()) -----------------------------
+
+    def record_request(
+        self,
+        input: Any = None,
+        *,
+        messages: Any = None,
+        model: str | None = None,
+        provider: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> None:
+        """The request: input (or chat ``messages``) and model; sends the prompt event."""
+        try:
+            if input is not None:
+                self._input = snapshot(input)
+            if messages is not None:
+                self._messages = snapshot(messages)
+            if model or provider or parameters:
+                self._model = {"name": model, "provider": provider,
+                               "parameters": dict(parameters or {})}
+            if self._site.kind == "llm":
+                self._send_prompt()
+        except Exception:
+            self._gov.count_internal_error("record_request")
+
+    def record_chunk(self, chunk: Any) -> None:
+        """One streamed chunk (text or an SDK chunk object)."""
+        try:
+            if self._first_chunk_ns is None:
+                self._first_chunk_ns = time.perf_counter_ns()
+                if self._site.kind == "llm" and not self._prompt_sent:
+                    self._send_prompt()
+                self._chunks = []
+            cast(list[Any], self._chunks).append(chunk)
+        except Exception:
+            self._gov.count_internal_error("record_chunk")
+
+    def record_response(
+        self,
+        output: Any = None,
+        *,
+        usage: Mapping[str, int] | None = None,
+        finish_reasons: list[str] | None = None,
+        response_model: str | None = None,
+        response_id: str | None = None,
+        documents: Any = None,
+        call_id: str | None = None,
+    ) -> None:
+        """The result, with anything not recognisable from it (usage, finish reasons...)."""
+        try:
+            explicit = self._explicit or {}
+            if output is not None:
+                explicit["output"] = snapshot(output)
+            if documents is not None:
+                explicit["documents"] = snapshot(documents)
+            for key, value in (("usage", usage), ("finish_reasons", finish_reasons),
+                               ("response_model", response_model),
+                               ("response_id", response_id), ("call_id", call_id)):
+                if value is not None:
+                    explicit[key] = value
+            self._explicit = explicit
+        except Exception:
+            self._gov.count_internal_error("record_response")
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    def begin(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Capture the arguments; for an LLM call, send the prompt event now."""
+        self._args = snapshot(args)
+        self._kwargs = snapshot(kwargs)
+        if self._site.kind == "llm":
+            self._send_prompt()
+
+    def enter(self) -> tuple[Any, Any]:
+        """Make this call the parent of what runs inside it (and its span current)."""
+        token = current_call_var.set(self)
+        otel_token = None
+        if self._span is not None:
+            otel_token = otel_context.attach(trace.set_span_in_context(self._span))
+        return token, otel_token
+
+    def exit(self, tokens: tuple[Any, Any]) -> None:
+        """Undo :meth:`enter`."""
+        token, otel_token = tokens
+        try:
+            current_call_var.reset(token)
+        except ValueError:  # reset from another context: leave it be
+            pass
+        if otel_token is not None:
+            try:
+                otel_context.detach(otel_token)
+            except Exception:
+                pass
+
+    def succeed(self, result: Any) -> Any:
+        """The call returned: wrap a stream it returned, else record the result."""
+        try:
+            if inspect.isgenerator(result) or (llm_shapes.is_stream_object(result)
+                                               and hasattr(result, "__next__")):
+                self._streaming = True
+                return TracedIterator(result, self)
+            if inspect.isasyncgen(result) or (llm_shapes.is_stream_object(result)
+                                              and hasattr(result, "__anext__")):
+                self._streaming = True
+                return TracedAsyncIterator(result, self)
+            self.finish("ok", output=result)
+        except Exception:
+            self._gov.count_internal_error("succeed")
+        return result
+
+    def fail(self, exc: BaseException) -> None:
+        """The call raised ``exc`` (which the caller re-raises unchanged)."""
+        self.finish(status_for(exc), error=exc)
+
+    def finish(
+        self,
+        status: str,
+        *,
+        output: Any = None,
+        error: BaseException | None = None,
+        from_finalizer: bool = False,
+    ) -> None:
+        """Send the closing event once. ``from_finalizer``: called by GC, touch no context."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._finish(status, output, error, from_finalizer)
+        except Exception:
+            self._gov.count_internal_error("finish")
+
+    def _finish(self, status: str, output: Any, error: BaseException | None,
+                from_finalizer: bool) -> None:
+        end_perf = time.perf_counter_ns()
+        site = self._site
+        explicit = self._explicit or {}
+        if output is not None and "output" not in explicit:
+            output = snapshot(output)
+        else:
+            output = explicit.pop("output", None)
+        payload: dict[str, Any] = {
+            "site": site,
+            "status": status,
+            "output": output,
+            "chunks": self._chunks,
+            "error": error,
+            "duration_ns": end_perf - self._start_perf,
+            "explicit": explicit,
+        }
+        if site.kind == "llm":
+            if not self._prompt_sent:
+                self._send_prompt()
+            payload["prompt_event_id"] = self.prompt_event_id
+            payload["ttft_ns"] = None if self._first_chunk_ns is None else \
+                self._first_chunk_ns - self._start_perf
+            event_id, parent = uuid7(), self.prompt_event_id
+        else:
+            payload.update(args=self._args, kwargs=self._kwargs, input=self._input,
+                           documents=explicit.pop("documents", None),
+                           call_id=explicit.pop("call_id", None))
+            event_id, parent = self.anchor_id, self._parent
+        event_type = {"llm": "response", "retrieval": "retrieval", "tool": "tool_call"}[site.kind]
+        self.event_id = event_id
+        self._emit(event_type, event_id, parent, payload)
+        if not from_finalizer:
+            last_event_var.set(event_id)
+        if self._span is not None:
+            _end_span(self._span, status, error, output, self._chunks)
+
+    def _send_prompt(self) -> None:
+        if self._prompt_sent:
+            return
+        self._prompt_sent = True
+        payload = {"site": self._site, "args": self._args, "kwargs": self._kwargs,
+                   "input": self._input, "messages": self._messages,
+                   "streaming": self._streaming}
+        self._emit("prompt", cast(str, self.prompt_event_id), self._parent, payload)
+
+    def _emit(self, event_type: str, event_id: str, parent: str | None,
+              payload: dict[str, Any]) -> None:
+        gov = self._gov
+        trace_id, span_id = self._span_ids
+        gov.emit(Draft(
+            event_type, event_id, gov.next_seq(), now_ns(), payload,
+            context=self._ctx, parent_event_id=parent, trace_id=trace_id, span_id=span_id,
+            model=self._model, prompt_template=self._site.prompt_template,
+        ))
+
+
+class _NullRecorder:
+    """Stands in when capture is off, so ``call.record_*`` still works."""
+
+    anchor_id = None
+    event_id = None
+    prompt_event_id = None
+
+    def record_request(self, *args: Any, **kwargs: Any) -> None:
+        """Does nothing."""
+
+    def record_chunk(self, chunk: Any) -> None:
+        """Does nothing."""
+
+    def record_response(self, *args: Any, **kwargs: Any) -> None:
+        """Does nothing."""
+
+
+NULL_RECORDER = _NullRecorder()
+
+
+def current_call() -> CallRecorder | _NullRecorder:
+    """The call being captured here (inside a decorated function or ``with`` block)."""
+    call = current_call_var.get()
+    return call if call is not None else NULL_RECORDER
+
+
+# --- specs: decorator factories and with blocks ------------------------------------
+
+
+class CallSpec:
+    """The options of one ``llm_call`` / ``retrieval`` / ``tool`` use.
+
+    Calling it with a function decorates the function; ``with`` / ``async with``
+    captures a block and yields a :class:`CallRecorder`.
+    """
+
+    def __init__(self, kind: str, options: dict[str, Any]) -> None:
+        self.kind = kind
+        self.governor: _gov.Governor | None = options.pop("governor", None)
+        self.options = options
+        self._block_site: CallSite | None = None
+
+    def site(self, fn: Callable[..., Any] | None) -> CallSite:
+        o = self.options
+        signature = None
+        skip_first = False
+        function = o.get("name") or "block"
+        if fn is not None:
+            function = f"{fn.__module__}.{fn.__qualname__}"
+            try:
+                signature = inspect.signature(fn)
+                params = list(signature.parameters)
+                skip_first = bool(params) and params[0] in ("self", "cls")
+            except (TypeError, ValueError):
+                signature = None
+        model = None
+        if o.get("model") or o.get("provider") or o.get("model_version") or o.get("parameters"):
+            model = {"provider": o.get("provider"), "name": o.get("model"),
+                     "version": o.get("model_version"),
+                     "parameters": dict(o.get("parameters") or {})}
+        template = None
+        if o.get("prompt_template"):
+            template = {"id": str(o["prompt_template"]),
+                        "version": None if o.get("template_version") is None
+                        else str(o["template_version"])}
+        short = o.get("name") or (fn.__name__ if fn is not None else None)
+        return CallSite(
+            self.kind,
+            function,
+            operation=o.get("operation") or _OPERATIONS[self.kind],
+            signature=signature,
+            skip_first=skip_first,
+            model=model,
+            prompt_template=template,
+            tool_name=short if self.kind == "tool" else o.get("name"),
+            input_mapper=o.get("input_mapper"),
+            output_mapper=o.get("output_mapper"),
+        )
+
+    def _begin(self, site: CallSite, streaming: bool) -> CallRecorder | None:
+        try:
+            gov = self.governor or _gov.resolve_governor()
+            if gov._closed:
+                return None
+            return CallRecorder(gov, site, streaming)
+        except Exception:
+            return None
+
+    # --- decorator ------------------------------------------------------------------
+
+    def __call__(self, fn: F) -> F:
+        if isinstance(fn, (staticmethod, classmethod)):
+            return cast(F, type(fn)(self(fn.__func__)))
+        site = self.site(fn)
+        begin = self._begin
+        wrapper: Callable[..., Any]
+
+        if inspect.isasyncgenfunction(fn):
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                rec = _started(begin(site, True), args, kwargs)
+                if rec is None:
+                    return fn(*args, **kwargs)
+                try:
+                    agen = fn(*args, **kwargs)
+                except BaseException as exc:
+                    rec.fail(exc)
+                    raise
+                return TracedAsyncIterator(agen, rec)
+
+        elif inspect.iscoroutinefunction(fn):
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                rec = _started(begin(site, False), args, kwargs)
+                if rec is None:
+                    return await fn(*args, **kwargs)
+                tokens = rec.enter()
+                try:
+                    result = await fn(*args, **kwargs)
+                except BaseException as exc:
+                    rec.exit(tokens)
+                    rec.fail(exc)
+                    raise
+                rec.exit(tokens)
+                return rec.succeed(result)
+
+        elif inspect.isgeneratorfunction(fn):
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                rec = _started(begin(site, True), args, kwargs)
+                if rec is None:
+                    return fn(*args, **kwargs)
+                try:
+                    gen = fn(*args, **kwargs)
+                except BaseException as exc:
+                    rec.fail(exc)
+                    raise
+                return TracedIterator(gen, rec)
+
+        else:
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                rec = _started(begin(site, False), args, kwargs)
+                if rec is None:
+                    return fn(*args, **kwargs)
+                tokens = rec.enter()
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    rec.exit(tokens)
+                    rec.fail(exc)
+                    raise
+                rec.exit(tokens)
+                return rec.succeed(result)
+
+        functools.update_wrapper(wrapper, fn)
+        setattr(wrapper, "__promptgov_site__", site)  # noqa: B010
+        return cast(F, wrapper)
+
+    # --- with blocks ----------------------------------------------------------------
+
+    def __enter__(self) -> CallRecorder | _NullRecorder:
+        if self._block_site is None:
+            self._block_site = self.site(None)
+        rec = self._begin(self._block_site, False)
+        tokens = rec.enter() if rec is not None else None
+        _blocks.set((*_blocks.get(), (self, rec, tokens)))
+        return rec if rec is not None else NULL_RECORDER
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack = _blocks.get()
+        if not stack or stack[-1][0] is not self:
+            return
+        _blocks.set(stack[:-1])
+        _, rec, tokens = stack[-1]
+        if rec is None:
+            return
+        rec.exit(tokens)
+        if exc is not None:
+            rec.fail(exc)
+        else:
+            rec.finish("ok")
+
+    async def __aenter__(self) -> CallRecorder | _NullRecorder:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+def _started(rec: CallRecorder | None, args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> CallRecorder | None:
+    if rec is None:
+        return None
+    try:
+        rec.begin(args, kwargs)
+    except Exception:
+        rec._gov.count_internal_error("begin")
+    return rec
+
+
+def _span_name(site: CallSite) -> str:
+    if site.kind == "tool":
+        return site.tool_name or ""
+    if site.model and site.model.get("name"):
+        return str(site.model["name"])
+    return site.tool_name or ""
+
+
+def _span_attributes(site: CallSite, ctx: Any) -> dict[str, Any]:
+    model = site.model or {}
+    return {
+        "gen_ai.operation.name": site.operation,
+        "gen_ai.provider.name": model.get("provider"),
+        "gen_ai.request.model": model.get("name"),
+        "gen_ai.tool.name": site.tool_name if site.kind == "tool" else None,
+        "gen_ai.conversation.id": getattr(ctx, "conversation_id", None),
+        "code.function": site.function,
+    }
+
+
+def _end_span(span: trace.Span, status: str, error: BaseException | None, output: Any,
+              chunks: list[Any] | None) -> None:
+    fields = llm_shapes.aggregate_chunks(chunks) if chunks is not None else \
+        llm_shapes.extract_response(output)
+    if fields:
+        usage = fields.get("usage") or {}
+        for key, value in (("gen_ai.response.model", fields.get("response_model")),
+                           ("gen_ai.response.id", fields.get("response_id")),
+                           ("gen_ai.usage.input_tokens", usage.get("input_tokens")),
+                           ("gen_ai.usage.output_tokens", usage.get("output_tokens"))):
+            if value is not None:
+                span.set_attribute(key, value)
+        if fields.get("finish_reasons"):
+            span.set_attribute("gen_ai.response.finish_reasons", fields["finish_reasons"])
+    if error is not None:
+        span.set_attribute("error.type", type(error).__qualname__)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, status))
+    span.end()
+
+
+# --- public factories ------------------------------------------------------------------
+
+
+@overload
+def llm_call(fn: F, /) -> F: ...
+@overload
+def llm_call(fn: None = None, /, **options: Any) -> CallSpec: ...
+def llm_call(fn: Any = None, /, **options: Any) -> Any:
+    """Capture an LLM call: a ``prompt`` event when it starts, a ``response`` when it ends.
+
+    Options: ``provider``, ``model``, ``model_version``, ``parameters``,
+    ``prompt_template``, ``template_version``, ``operation`` (default ``chat``),
+    ``name``, ``input_mapper``, ``output_mapper``, ``governor``.
+    """
+    return _factory("llm", fn, options)
+
+
+@overload
+def retrieval(fn: F, /) -> F: ...
+@overload
+def retrieval(fn: None = None, /, **options: Any) -> CallSpec: ...
+def retrieval(fn: Any = None, /, **options: Any) -> Any:
+    """Capture a retrieval call: the query and the documents returned (one event)."""
+    return _factory("retrieval", fn, options)
+
+
+@overload
+def tool(fn: F, /) -> F: ...
+@overload
+def tool(fn: str | None = None, /, **options: Any) -> CallSpec: ...
+def tool(fn: Any = None, /, **options: Any) -> Any:
+    """Capture a tool call: name, arguments, result, status, duration (one event).
+
+    ``@tool``, ``@tool("name")`` or ``@tool(name="name")``.
+    """
+    return _factory("tool", fn, options)
+
+
+def _factory(kind: str, fn: Any, options: dict[str, Any]) -> Any:
+    if isinstance(fn, str):
+        options = {"name": fn, **options}
+        fn = None
+    unknown = set(options) - _OPTIONS
+    if unknown:
+        raise TypeError(f"unknown option(s) for {kind}: {', '.join(sorted(unknown))}; "
+                        f"use {', '.join(sorted(_OPTIONS))}")
+    spec = CallSpec(kind, dict(options))
+    return spec(fn) if fn is not None else spec
+
+
+_OPTIONS = {
+    "name", "provider", "model", "model_version", "parameters", "prompt_template",
+    "template_version", "operation", "input_mapper", "output_mapper", "governor",
+}

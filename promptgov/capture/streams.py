@@ -1,0 +1,183 @@
+"""Proxies for streamed results: sync and async iterators and generators.
+
+A proxy records each chunk and the end of the stream: exhausted (``ok``),
+raised (``error``), cancelled, closed early by the consumer
+(``closed_early``), or never closed and collected by the garbage collector
+(``abandoned``). The last case runs in ``__del__``, possibly in another
+task's or thread's context, so it touches no context variable.
+Everything else is forwarded to the wrapped object.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from promptgov.capture.context import current_call_var
+
+if TYPE_CHECKING:
+    from promptgov.capture.calls import CallRecorder
+
+
+def _status(exc: BaseException) -> str:
+    from promptgov.capture.calls import status_for
+
+    return status_for(exc)
+
+
+class TracedIterator:
+    """Wraps a generator or iterator returned by a captured call."""
+
+    __slots__ = ("__weakref__", "_done", "_it", "_rec")
+
+    def __init__(self, it: Any, rec: CallRecorder) -> None:
+        self._it = it
+        self._rec = rec
+        self._done = False
+
+    def __iter__(self) -> TracedIterator:
+        return self
+
+    def __next__(self) -> Any:
+        return self._step(self._it.__next__)
+
+    def send(self, value: Any) -> Any:
+        """Forwarded to the generator."""
+        return self._step(self._it.send, value)
+
+    def throw(self, *args: Any) -> Any:
+        """Forwarded to the generator."""
+        return self._step(self._it.throw, *args)
+
+    def close(self) -> None:
+        """Close the generator; the stream is recorded as closed early."""
+        try:
+            close = getattr(self._it, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._end("closed_early")
+
+    def _step(self, fn: Any, *args: Any) -> Any:
+        token = current_call_var.set(self._rec)
+        try:
+            chunk = fn(*args)
+        except StopIteration:
+            self._end("ok")
+            raise
+        except BaseException as exc:
+            self._end(_status(exc), exc)
+            raise
+        finally:
+            current_call_var.reset(token)
+        self._rec.record_chunk(chunk)
+        return chunk
+
+    def _end(self, status: str, error: BaseException | None = None,
+             finalizer: bool = False) -> None:
+        if not self._done:
+            self._done = True
+            self._rec.finish(status, error=error, from_finalizer=finalizer)
+
+    def __del__(self) -> None:
+        if not self._done:
+            self._end("abandoned", finalizer=True)
+
+    def __enter__(self) -> TracedIterator:
+        enter = getattr(self._it, "__enter__", None)
+        if enter is not None:
+            enter()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Any:
+        result = None
+        exit_ = getattr(self._it, "__exit__", None)
+        if exit_ is not None:
+            result = exit_(exc_type, exc, tb)
+        if not self._done:
+            self._end("closed_early" if exc is None else _status(exc), exc)
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._it, name)
+
+
+class TracedAsyncIterator:
+    """Wraps an async generator or async iterator returned by a captured call."""
+
+    __slots__ = ("__weakref__", "_done", "_it", "_rec")
+
+    def __init__(self, it: Any, rec: CallRecorder) -> None:
+        self._it = it
+        self._rec = rec
+        self._done = False
+
+    def __aiter__(self) -> TracedAsyncIterator:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self._step(self._it.__anext__)
+
+    async def asend(self, value: Any) -> Any:
+        """Forwarded to the async generator."""
+        return await self._step(self._it.asend, value)
+
+    async def athrow(self, *args: Any) -> Any:
+        """Forwarded to the async generator."""
+        return await self._step(self._it.athrow, *args)
+
+    async def aclose(self) -> None:
+        """Close the async generator; the stream is recorded as closed early."""
+        try:
+            aclose = getattr(self._it, "aclose", None) or getattr(self._it, "close", None)
+            if aclose is not None:
+                result = aclose()
+                if hasattr(result, "__await__"):
+                    await result
+        finally:
+            self._end("closed_early")
+
+    async def _step(self, fn: Any, *args: Any) -> Any:
+        token = current_call_var.set(self._rec)
+        try:
+            chunk = await fn(*args)
+        except StopAsyncIteration:
+            self._end("ok")
+            raise
+        except BaseException as exc:
+            self._end(_status(exc), exc)
+            raise
+        finally:
+            current_call_var.reset(token)
+        self._rec.record_chunk(chunk)
+        return chunk
+
+    def _end(self, status: str, error: BaseException | None = None,
+             finalizer: bool = False) -> None:
+        if not self._done:
+            self._done = True
+            self._rec.finish(status, error=error, from_finalizer=finalizer)
+
+    def __del__(self) -> None:
+        if not self._done:
+            self._end("abandoned", finalizer=True)
+
+    async def __aenter__(self) -> TracedAsyncIterator:
+        enter = getattr(self._it, "__aenter__", None)
+        if enter is not None:
+            await enter()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> Any:
+        result = None
+        exit_ = getattr(self._it, "__aexit__", None)
+        if exit_ is not None:
+            result = await exit_(exc_type, exc, tb)
+        if not self._done:
+            self._end("closed_early" if exc is None else _status(exc), exc)
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._it, name)

@@ -1,0 +1,227 @@
+"""JSON-safe representation of arbitrary values and canonical JSON bytes.
+
+``snapshot`` runs on the host's thread and only copies containers, so later
+mutation by the host does not change what is recorded. ``to_jsonable`` runs on
+the publisher's side and turns anything (models, dataclasses, bytes, cycles,
+invalid UTF-8, megabyte strings) into a JSON value, reporting each fix-up as a
+warning code instead of raising.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import decimal
+import enum
+import hashlib
+import math
+import uuid
+from collections.abc import Mapping
+from pathlib import PurePath
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+
+JSONValue = Any  # dict[str, JSONValue] | list[JSONValue] | str | int | float | bool | None
+
+_SNAPSHOT_DEPTH = 6
+_INT64_MIN = -(2**63)
+_UINT64_MAX = 2**64 - 1
+
+
+def snapshot(value: Any, depth: int = _SNAPSHOT_DEPTH, _memo: dict[int, Any] | None = None) -> Any:
+    """Copy dicts, lists and tuples (not their leaves) so later mutation is not recorded.
+
+    Shared and cyclic containers stay shared and cyclic in the copy.
+    """
+    cls = type(value)
+    if cls is str or cls is int or cls is float or cls is bool or value is None or depth <= 0:
+        return value
+    if cls is dict or cls is list or cls is tuple:
+        if _memo is None:
+            _memo = {}
+        key = id(value)
+        if key in _memo:
+            return _memo[key]
+        if cls is dict:
+            copied: dict[Any, Any] = {}
+            _memo[key] = copied
+            for k, v in value.items():
+                copied[k] = snapshot(v, depth - 1, _memo)
+            return copied
+        items: list[Any] = []
+        _memo[key] = items
+        items.extend(snapshot(v, depth - 1, _memo) for v in value)
+        return items
+    return value
+
+
+@dataclasses.dataclass(slots=True)
+class Limits:
+    """Bounds on what one captured value may become."""
+
+    max_string: int = 65_536
+    max_items: int = 1_000
+    max_depth: int = 20
+
+
+class _Converter:
+    __slots__ = ("_active", "limits", "warnings")
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.warnings: list[str] = []
+        self._active: set[int] = set()
+
+    def convert(self, value: Any, depth: int) -> JSONValue:
+        cls = type(value)
+        if value is None or cls is bool:
+            return value
+        if cls is str:
+            return self._string(value)
+        if cls is int:
+            return value if _INT64_MIN <= value <= _UINT64_MAX else self._big_int(value)
+        if cls is float:
+            return value if math.isfinite(value) else self._non_finite(value)
+        if depth > self.limits.max_depth:
+            self.warnings.append("depth_exceeded")
+            return f"<depth limit: {_type_name(value)}>"
+        key = id(value)
+        if key in self._active:
+            self.warnings.append("cycle")
+            return f"<cycle: {_type_name(value)}>"
+        self._active.add(key)
+        try:
+            return self._container(value, depth)
+        except Exception:  # a hostile __iter__/__getattr__/model_dump: never raise
+            self.warnings.append("unserialisable")
+            return _safe_repr(value)
+        finally:
+            self._active.discard(key)
+
+    def _container(self, value: Any, depth: int) -> JSONValue:
+        if isinstance(value, Mapping):
+            out: dict[str, JSONValue] = {}
+            for i, (k, v) in enumerate(value.items()):
+                if i >= self.limits.max_items:
+                    self.warnings.append("items_truncated")
+                    out["<truncated>"] = f"{len(value) - i} more items"
+                    break
+                name = k if type(k) is str else self._key(k)
+                out[name] = self.convert(v, depth + 1)
+            return out
+        if isinstance(value, (list, tuple, set, frozenset)):
+            items = list(value)
+            if isinstance(value, (set, frozenset)):
+                items.sort(key=repr)
+            out_list = [self.convert(v, depth + 1) for v in items[: self.limits.max_items]]
+            if len(items) > self.limits.max_items:
+                self.warnings.append("items_truncated")
+                out_list.append(f"<truncated: {len(items) - self.limits.max_items} more items>")
+            return out_list
+        if isinstance(value, enum.Enum):
+            return self.convert(value.value, depth + 1)
+        if isinstance(value, str):
+            return self._string(str(value))
+        if isinstance(value, bool):
+            return bool(value)
+        if isinstance(value, int):
+            return self.convert(int(value), depth + 1)
+        if isinstance(value, float):
+            return self.convert(float(value), depth + 1)
+        if isinstance(value, BaseModel):
+            return self.convert(value.model_dump(mode="python"), depth + 1)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+            return self.convert(fields, depth + 1)
+        if isinstance(value, (dt.datetime, dt.date, dt.time)):
+            return value.isoformat()
+        if isinstance(value, dt.timedelta):
+            return value.total_seconds()
+        if isinstance(value, (uuid.UUID, decimal.Decimal, complex, PurePath)):
+            return str(value)
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return _bytes(bytes(value))
+        if isinstance(value, BaseException):
+            return {"type": _type_name(value), "message": self._string(str(value))}
+        for method in ("model_dump", "to_dict", "dict"):  # pydantic v1, SDK objects
+            fn = getattr(value, method, None)
+            if callable(fn):
+                result = fn()
+                if isinstance(result, Mapping):
+                    return self.convert(result, depth + 1)
+        self.warnings.append("unserialisable")
+        return _safe_repr(value)
+
+    def _string(self, value: str) -> str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            self.warnings.append("invalid_utf8")
+            value = value.encode("utf-8", "replace").decode("utf-8")
+        if len(value) > self.limits.max_string:
+            self.warnings.append("string_truncated")
+            cut = len(value) - self.limits.max_string
+            return value[: self.limits.max_string] + f"…<truncated {cut} chars>"
+        return value
+
+    def _key(self, key: Any) -> str:
+        if isinstance(key, (str, int, float, bool)) or key is None:
+            return self._string(str(key))
+        self.warnings.append("non_string_key")
+        return self._string(_safe_repr(key))
+
+    def _big_int(self, value: int) -> str:
+        self.warnings.append("big_int")
+        return str(value)
+
+    def _non_finite(self, value: float) -> str:
+        self.warnings.append("non_finite_float")
+        return str(value)
+
+
+def to_jsonable(value: Any, limits: Limits | None = None) -> tuple[JSONValue, list[str]]:
+    """A JSON-safe copy of ``value`` and the list of fix-ups applied (warning codes)."""
+    converter = _Converter(limits or Limits())
+    try:
+        result = converter.convert(value, 0)
+    except RecursionError:
+        return "<unserialisable: recursion>", ["unserialisable"]
+    return result, converter.warnings
+
+
+def _bytes(value: bytes) -> dict[str, Any]:
+    if len(value) <= 256:
+        return {"$bytes": base64.b64encode(value).decode("ascii")}
+    return {"$bytes_length": len(value), "sha256": hashlib.sha256(value).hexdigest()}
+
+
+def _type_name(value: Any) -> str:
+    cls = type(value)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _safe_repr(value: Any, limit: int = 200) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{_type_name(value)}>"
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+_SORTED = orjson.OPT_SORT_KEYS
+
+
+def canonical_json(value: BaseModel | Mapping[str, Any]) -> bytes:
+    """Deterministic JSON: sorted keys, no whitespace, UTF-8 (orjson)."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    return orjson.dumps(value, option=_SORTED)
+
+
+def content_hash(value: Any) -> str:
+    """``sha256:<hex>`` of the canonical JSON of a JSON value."""
+    return "sha256:" + hashlib.sha256(orjson.dumps(value, option=_SORTED)).hexdigest()

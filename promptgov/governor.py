@@ -1,0 +1,331 @@
+"""The Governor: one configured pipeline from capture to a sink.
+
+A process usually has one, made by :func:`promptgov.configure`; several can
+coexist (each with its own settings, producer id, sequence and publisher).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextvars
+import itertools
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from promptgov import telemetry
+from promptgov.capture.context import current_call_var, current_interaction, last_event_var
+from promptgov.config import Settings, resolve_settings
+from promptgov.events.draft import Draft
+from promptgov.events.ids import now_ns, uuid7
+from promptgov.governance.processor import EventProcessor, Warnings
+from promptgov.transport.dead_letter import DeadLetterFile
+from promptgov.transport.publisher import DeliveryReport, GapInfo, Publisher
+from promptgov.transport.sinks import DirectorySink, KafkaSink, Sink
+
+logger = logging.getLogger("promptgov")
+
+_active: contextvars.ContextVar[Governor | None] = contextvars.ContextVar(
+    "promptgov_governor", default=None
+)
+_default: Governor | None = None
+_default_lock = threading.Lock()
+_live: weakref.WeakSet[Governor] = weakref.WeakSet()
+
+
+class Governor:
+    """Captures, governs and publishes prompt events for one configuration.
+
+    Keyword arguments are settings (see ``docs/configuration.md``); explicit
+    values win over ``PROMPTGOV_*`` environment variables, which win over
+    defaults. Invalid settings raise :class:`~promptgov.ConfigurationError`.
+    """
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings: Settings = resolve_settings(settings)
+        self.warnings = Warnings()
+        self._internal_errors = 0
+        self._setup()
+        _live.add(self)
+        if self.settings.register_atexit:
+            atexit.register(_shutdown_at_exit, weakref.ref(self))
+
+    def _setup(self) -> None:
+        s = self.settings
+        self.producer_id = uuid7()
+        self._seq = itertools.count(1)
+        self._processor = EventProcessor(s, self.producer_id, self.warnings)
+        self._publisher = Publisher(
+            self._processor.process,
+            self._make_sink,
+            make_gap=self._gap_draft,
+            dead_letter=DeadLetterFile(s.local_dir / "dead-letter.jsonl"),
+            max_queue_size=s.max_queue_size,
+            batch_size=s.batch_size,
+            flush_interval=s.flush_interval_ms / 1000,
+        )
+        self._closed = False
+        self._metrics = telemetry.register_metrics(self)
+
+    def _make_sink(self) -> Sink:
+        s = self.settings
+        if s.bootstrap_servers is None:
+            return DirectorySink(s.local_dir / "events")
+        return KafkaSink(
+            s.bootstrap_servers,
+            s.producer_options,
+            client_id=f"promptgov-{s.app}",
+            create_topics=s.create_topics,
+            topic_partitions=s.topic_partitions,
+            topic_replication_factor=s.topic_replication_factor,
+        )
+
+    # --- hot path -------------------------------------------------------------
+
+    def next_seq(self) -> int:
+        """The next per-producer sequence number."""
+        return next(self._seq)
+
+    def emit(self, draft: Draft) -> None:
+        """Hand one draft to the publisher; never blocks, never raises."""
+        try:
+            self._publisher.enqueue(draft, draft.event_type, draft.occurred_ns)
+        except Exception:
+            self.count_internal_error("enqueue failed")
+
+    def count_internal_error(self, what: str) -> None:
+        """Record an SDK fault that was kept away from the host."""
+        self._internal_errors += 1
+        self.warnings.add(["internal_error"], what)
+
+    # --- one-shot events ------------------------------------------------------
+
+    def emit_event(
+        self,
+        event_type: str,
+        payload: dict[str, Any],
+        *,
+        parent_event_id: str | None = None,
+        policy: Mapping[str, Any] | None = None,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Emit an event of any kind from a payload dict; returns its event id."""
+        call = current_call_var.get()
+        trace_id, span_id = telemetry.current_trace_ids()
+        draft = Draft(
+            event_type,
+            uuid7(),
+            self.next_seq(),
+            now_ns(),
+            payload,
+            context=current_interaction(),
+            parent_event_id=parent_event_id or (call.anchor_id if call is not None else None),
+            trace_id=trace_id,
+            span_id=span_id,
+            policy=dict(policy) if policy else None,
+            attributes=dict(attributes) if attributes else None,
+        )
+        self.emit(draft)
+        last_event_var.set(draft.event_id)
+        return draft.event_id
+
+    def policy_decision(
+        self,
+        decision: str,
+        *,
+        policy: str | Mapping[str, Any] | tuple[str, str] | None = None,
+        target_event_id: str | None = None,
+        reasons: Iterable[str] = (),
+        rules: Iterable[str] = (),
+        score: float | None = None,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Record a guardrail decision (allow/block/redact/escalate); returns its event id.
+
+        ``target_event_id`` defaults to the enclosing call's prompt, else the
+        last event of this context. Reasons must not contain user content.
+        """
+        try:
+            if decision not in ("allow", "block", "redact", "escalate"):
+                raise ValueError(f"unknown decision {decision!r}")
+            call = current_call_var.get()
+            target = target_event_id or (call.anchor_id if call is not None else None)
+            target = target or last_event_var.get()
+            payload = {"decision": decision, "target_event_id": target,
+                       "reasons": [str(r) for r in reasons], "rules": [str(r) for r in rules],
+                       "score": None if score is None else float(score)}
+            return self.emit_event("policy_decision", payload, policy=_policy_ref(policy),
+                                   attributes=attributes)
+        except Exception as exc:
+            self.count_internal_error(f"policy_decision: {exc}")
+            return ""
+
+    def feedback(
+        self,
+        target_event_id: str | None = None,
+        *,
+        score: float | None = None,
+        label: str | None = None,
+        comment: str | None = None,
+        reviewer: str | None = None,
+        reviewer_kind: str = "human",
+        name: str = "user_feedback",
+        attributes: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Record feedback on an event (default: the last event of this context)."""
+        try:
+            target = target_event_id or last_event_var.get()
+            if not target:
+                raise ValueError("feedback needs a target_event_id")
+            payload = {"target_event_id": target, "name": name,
+                       "score": None if score is None else float(score),
+                       "label": label, "comment": comment, "reviewer": reviewer,
+                       "reviewer_kind": reviewer_kind}
+            return self.emit_event("feedback", payload, parent_event_id=target,
+                                   attributes=attributes)
+        except Exception as exc:
+            self.count_internal_error(f"feedback: {exc}")
+            return ""
+
+    def _gap_draft(self, gap: GapInfo) -> Draft:
+        from promptgov.events.ids import format_time
+
+        payload = {
+            "count": gap.count,
+            "reason": gap.reason,
+            "first_occurred_at": format_time(gap.first_ns),
+            "last_occurred_at": format_time(gap.last_ns),
+            "event_types": dict(gap.event_types),
+        }
+        return Draft("gap", uuid7(), self.next_seq(), now_ns(), payload)
+
+    # --- lifecycle ------------------------------------------------------------
+
+    def flush(self, timeout: float = 10.0) -> DeliveryReport:
+        """Wait until every event emitted so far is delivered (or the timeout passes)."""
+        return self._publisher.flush(timeout)
+
+    def shutdown(self, timeout: float | None = None) -> DeliveryReport:
+        """Stop accepting events, deliver what is queued until the deadline, close."""
+        self._closed = True
+        limit = self.settings.shutdown_timeout if timeout is None else timeout
+        return self._publisher.shutdown(limit)
+
+    @property
+    def queue_depth(self) -> int:
+        """Events waiting in memory."""
+        return self._publisher.queue_depth
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: emitted, delivered, dropped, dead-lettered, retries, warnings."""
+        p = self._publisher.stats
+        return {
+            "emitted": self._publisher.accepted + p.dropped,
+            "delivered": p.delivered,
+            "dropped": p.dropped,
+            "dead_lettered": p.dead_lettered,
+            "retries": p.retries,
+            "failed_sends": p.failed_sends,
+            "queue_depth": self.queue_depth,
+            "internal_errors": self._internal_errors,
+            "warnings": self.warnings.snapshot(),
+            "last_error": p.last_error,
+        }
+
+    @contextmanager
+    def use(self) -> Iterator[Governor]:
+        """Make this governor the one decorators use inside the block (this context only)."""
+        token = _active.set(self)
+        try:
+            yield self
+        finally:
+            _active.reset(token)
+
+    def _after_fork_in_child(self) -> None:
+        self._setup()
+
+    # --- capture helpers bound to this governor ---------------------------------
+
+    def llm_call(self, fn: Any = None, /, **options: Any) -> Any:
+        """:func:`promptgov.llm_call` using this governor."""
+        from promptgov.capture.calls import llm_call
+
+        return llm_call(fn, governor=self, **options)
+
+    def retrieval(self, fn: Any = None, /, **options: Any) -> Any:
+        """:func:`promptgov.retrieval` using this governor."""
+        from promptgov.capture.calls import retrieval
+
+        return retrieval(fn, governor=self, **options)
+
+    def tool(self, fn: Any = None, /, **options: Any) -> Any:
+        """:func:`promptgov.tool` using this governor."""
+        from promptgov.capture.calls import tool
+
+        return tool(fn, governor=self, **options)
+
+
+def _policy_ref(policy: Any) -> dict[str, Any] | None:
+    if policy is None:
+        return None
+    if isinstance(policy, str):
+        return {"id": policy, "version": None}
+    if isinstance(policy, tuple):
+        return {"id": str(policy[0]), "version": str(policy[1])}
+    return {"id": str(policy["id"]), "version": policy.get("version")}
+
+
+# --- the process-wide default ---------------------------------------------------
+
+
+def configure(**settings: Any) -> Governor:
+    """Create the default governor (replacing and shutting down any previous one)."""
+    global _default
+    governor = Governor(**settings)
+    with _default_lock:
+        previous, _default = _default, governor
+    if previous is not None:
+        previous.shutdown()
+    return governor
+
+
+def get_governor() -> Governor | None:
+    """The governor decorators use here: ``Governor.use()`` block, else the default."""
+    return _active.get() or _default
+
+
+def resolve_governor() -> Governor:
+    """The governor to use, creating the default from the environment if needed."""
+    global _default
+    governor = _active.get() or _default
+    if governor is not None:
+        return governor
+    with _default_lock:
+        if _default is None:
+            _default = Governor()
+            logger.info("promptgov: no configure() call; using settings from the environment "
+                        "(sink: %s)", _default.settings.bootstrap_servers or
+                        _default.settings.local_dir)
+        return _default
+
+
+def _shutdown_at_exit(ref: weakref.ref[Governor]) -> None:
+    governor = ref()
+    if governor is not None and not governor._closed:
+        try:
+            governor.shutdown()
+        except Exception:
+            logger.exception("promptgov: shutdown at exit failed")
+
+
+def _after_fork() -> None:
+    for governor in list(_live):
+        governor._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)

@@ -1,0 +1,1 @@
+"""Transport: records, sinks (Kafka, local directory), the publisher, dead letters."""

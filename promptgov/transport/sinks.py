@@ -1,0 +1,276 @@
+"""Where records go: a Kafka cluster (aiokafka) or the embedded local directory.
+
+A sink's ``send`` never raises for delivery problems: it sorts the records
+into delivered, to-retry (in their original order) and fatal (with a reason).
+Every await on the producer is bounded, because aiokafka's ``send``/``stop``
+can hang while the broker is unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaProducer
+from aiokafka import errors as kerr
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from promptgov.transport.record import Record
+
+logger = logging.getLogger("promptgov")
+
+# Record-level errors: retrying cannot help, the record goes to the dead-letter file.
+FATAL_RECORD_ERRORS: tuple[type[BaseException], ...] = (
+    kerr.RecordTooLargeError,
+    kerr.MessageSizeTooLargeError,
+    kerr.InvalidTopicError,
+    kerr.TopicAuthorizationFailedError,
+    kerr.UnsupportedForMessageFormatError,
+    kerr.PolicyViolationError,
+)
+# Producer-state errors: the producer is rebuilt (aiokafka #1017), the records retried.
+PRODUCER_STATE_ERRORS: tuple[type[BaseException], ...] = (
+    kerr.OutOfOrderSequenceNumber,
+    kerr.ProducerFenced,
+    kerr.InvalidProducerEpoch,
+    kerr.IllegalStateError,
+    kerr.ProducerClosed,
+    kerr.UnsupportedVersionError,
+    kerr.ClusterAuthorizationFailedError,
+)
+_ADMIN_OPTIONS = {
+    "client_id",
+    "security_protocol",
+    "ssl_context",
+    "sasl_mechanism",
+    "sasl_plain_username",
+    "sasl_plain_password",
+    "sasl_kerberos_service_name",
+    "sasl_kerberos_domain_name",
+    "sasl_oauth_token_provider",
+    "request_timeout_ms",
+    "metadata_max_age_ms",
+    "api_version",
+}
+_TOPIC_ALREADY_EXISTS = 36
+_AUTHORIZATION_ERRORS = {29, 31}
+
+
+@dataclasses.dataclass
+class SendOutcome:
+    """How one ``send`` went, record by record."""
+
+    delivered: list[Record] = dataclasses.field(default_factory=list)
+    retry: list[Record] = dataclasses.field(default_factory=list)
+    fatal: list[tuple[Record, str]] = dataclasses.field(default_factory=list)
+    error: str | None = None
+
+
+class Sink(Protocol):
+    """Destination of records; used only from the publisher's event loop."""
+
+    description: str
+
+    async def send(self, records: list[Record]) -> SendOutcome: ...
+
+    async def close(self, timeout: float) -> None: ...
+
+
+class KafkaSink:
+    """Publishes to Kafka with aiokafka; creates topics on first use when allowed."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        producer_options: dict[str, Any],
+        *,
+        client_id: str,
+        create_topics: bool,
+        topic_partitions: int,
+        topic_replication_factor: int,
+    ) -> None:
+        self.description = f"kafka://{bootstrap_servers}"
+        self._bootstrap = bootstrap_servers
+        self._options = {"client_id": client_id, **producer_options}
+        self._create_topics = create_topics
+        self._partitions = topic_partitions
+        self._replication = topic_replication_factor
+        self._timeout = self._options.get("request_timeout_ms", 40_000) / 1000 + 5
+        self._producer: AIOKafkaProducer | None = None
+        self._known_topics: set[str] = set()
+
+    async def send(self, records: list[Record]) -> SendOutcome:
+        outcome = SendOutcome()
+        try:
+            producer = await self._ensure_producer()
+            await self._ensure_topics({r.topic for r in records})
+        except Exception as exc:
+            outcome.retry = list(records)
+            outcome.error = _describe(exc)
+            return outcome
+        in_flight: list[tuple[Record, asyncio.Future[Any]]] = []
+        for index, record in enumerate(records):
+            try:
+                future = await asyncio.wait_for(
+                    producer.send(record.topic, record.value, key=record.key,
+                                  headers=record.headers),
+                    self._timeout,
+                )
+            except FATAL_RECORD_ERRORS as exc:
+                outcome.fatal.append((record, _describe(exc)))
+                continue
+            except Exception as exc:  # unreachable, timed out, or bad producer state
+                outcome.retry.extend(records[index:])
+                outcome.error = _describe(exc)
+                await self._after_error(exc)
+                break
+            in_flight.append((record, future))
+        if in_flight:
+            await self._settle(in_flight, outcome)
+        return outcome
+
+    async def _settle(
+        self, in_flight: list[tuple[Record, asyncio.Future[Any]]], outcome: SendOutcome
+    ) -> None:
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*(f for _, f in in_flight), return_exceptions=True), self._timeout
+            )
+        except (asyncio.TimeoutError, TimeoutError) as exc:
+            results = [exc] * len(in_flight)
+        retry: list[Record] = []
+        for (record, _), result in zip(in_flight, results, strict=True):
+            if not isinstance(result, BaseException):
+                outcome.delivered.append(record)
+            elif isinstance(result, FATAL_RECORD_ERRORS):
+                outcome.fatal.append((record, _describe(result)))
+            else:
+                retry.append(record)
+                outcome.error = _describe(result)
+                await self._after_error(result)
+        outcome.retry = retry + outcome.retry
+
+    async def _ensure_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, **self._options)
+            try:
+                await asyncio.wait_for(producer.start(), self._timeout)
+            except BaseException:
+                await _bounded(producer.stop(), 5.0)
+                raise
+            self._producer = producer
+        return self._producer
+
+    async def _after_error(self, exc: BaseException) -> None:
+        if isinstance(exc, PRODUCER_STATE_ERRORS) and self._producer is not None:
+            logger.warning("promptgov: rebuilding the Kafka producer after %s", _describe(exc))
+            producer, self._producer = self._producer, None
+            await _bounded(producer.stop(), 5.0)
+
+    async def _ensure_topics(self, topics: set[str]) -> None:
+        missing = topics - self._known_topics
+        if not missing:
+            return
+        if not self._create_topics:
+            self._known_topics |= missing
+            return
+        options = {k: v for k, v in self._options.items() if k in _ADMIN_OPTIONS}
+        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, **options)
+        try:
+            await asyncio.wait_for(admin.start(), self._timeout)
+            new = [NewTopic(t, self._partitions, self._replication) for t in sorted(missing)]
+            response = await asyncio.wait_for(admin.create_topics(new), self._timeout)
+            for topic, code, *rest in response.topic_errors:
+                if code in (0, _TOPIC_ALREADY_EXISTS):
+                    continue
+                message = rest[0] if rest else ""
+                if code in _AUTHORIZATION_ERRORS:
+                    logger.error(
+                        "promptgov: not authorised to create topic %r (error %s %s); create it "
+                        "beforehand or grant CREATE, or set create_topics=False", topic, code,
+                        message)
+                else:
+                    logger.error("promptgov: could not create topic %r: error %s %s",
+                                 topic, code, message)
+            self._known_topics |= missing
+        finally:
+            await _bounded(admin.close(), 5.0)
+
+    async def close(self, timeout: float) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await _bounded(producer.stop(), max(timeout, 0.1))
+
+
+class DirectorySink:
+    """The embedded default: append-only JSON-lines segments per topic in a directory."""
+
+    segment_bytes = 64 * 1024 * 1024
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.description = f"file://{directory.resolve()}"
+        self._files: dict[str, Any] = {}
+
+    async def send(self, records: list[Record]) -> SendOutcome:
+        outcome = SendOutcome()
+        try:
+            touched = set()
+            for record in records:
+                handle = self._file(record.topic)
+                handle.write(record.value + b"\n")
+                touched.add(record.topic)
+                outcome.delivered.append(record)
+            for topic in touched:
+                self._files[topic].flush()
+        except OSError as exc:  # nothing of this batch counts as written: retry it all
+            outcome.delivered = []
+            outcome.retry = list(records)
+            outcome.error = _describe(exc)
+            self._close_all()
+        return outcome
+
+    def _file(self, topic: str) -> Any:
+        handle = self._files.get(topic)
+        if handle is not None and handle.tell() < self.segment_bytes:
+            return handle
+        if handle is not None:
+            handle.close()
+        folder = self.directory / topic
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        existing = sorted(folder.glob("*.jsonl"))
+        number = int(existing[-1].stem) if existing else 0
+        if existing and existing[-1].stat().st_size >= self.segment_bytes:
+            number += 1
+        path = folder / f"{number:08d}.jsonl"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        handle = os.fdopen(fd, "ab")
+        self._files[topic] = handle
+        return handle
+
+    def _close_all(self) -> None:
+        for handle in self._files.values():
+            try:
+                handle.close()
+            except OSError:
+                pass
+        self._files.clear()
+
+    async def close(self, timeout: float) -> None:
+        self._close_all()
+
+
+async def _bounded(awaitable: Any, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(awaitable, timeout)
+    except Exception as exc:
+        logger.debug("promptgov: bounded wait ended with %s", _describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
