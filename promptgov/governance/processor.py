@@ -204,8 +204,8 @@ class EventProcessor:
     # --- payloads -------------------------------------------------------------
 
     def _payload(self, draft: Draft) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        finisher = self._finishers.get(draft.event_type)
         raw = draft.payload
+        finisher = self._finishers.get(draft.event_type) if "site" in raw else None
         payload = finisher(raw) if finisher is not None else dict(raw)
         model = self._model(draft, raw)
         payload, codes = to_jsonable(payload, self.limits)
