@@ -353,6 +353,11 @@ EVENT_MODELS: dict[str, type[Envelope]] = {
     "gap": GapEvent,
 }
 
+PAYLOAD_MODELS: dict[str, type[_Model]] = {
+    kind: model.model_fields["payload"].annotation  # type: ignore[misc]
+    for kind, model in EVENT_MODELS.items()
+}
+
 AnyEvent = Annotated[
     Union[  # noqa: UP007 - a discriminated union needs typing.Union on 3.10
         PromptEvent,

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 from promptgov.governance.redaction import DefaultRedactor, Redactor
 
 from promptgov import _version
@@ -25,7 +26,7 @@ from promptgov.events import llm_shapes
 from promptgov.events.codec import Limits, to_jsonable
 from promptgov.events.draft import CallSite, Draft
 from promptgov.events.ids import format_time
-from promptgov.events.models import SCHEMA_VERSION
+from promptgov.events.models import PAYLOAD_MODELS, SCHEMA_VERSION
 from promptgov.governance.routing import Router, record_headers, record_key
 from promptgov.transport.record import Record
 
@@ -210,6 +211,12 @@ class EventProcessor:
         model = self._model(draft, raw)
         payload, codes = to_jsonable(payload, self.limits)
         self.warnings.add(codes, f"in a {draft.event_type} event")
+        if finisher is None:  # given by the host: complete and check it against the schema
+            try:
+                checked = PAYLOAD_MODELS[draft.event_type].model_validate(payload)
+                payload = checked.model_dump(mode="json")
+            except ValidationError as exc:
+                self.warnings.add(["invalid_payload"], f"{draft.event_type}: {exc}")
         return payload, model
 
     def _model(self, draft: Draft, raw: dict[str, Any]) -> dict[str, Any] | None:

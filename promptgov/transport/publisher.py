@@ -119,6 +119,7 @@ class Publisher:
         self._stopping = False
         self._closed = False
         self._deadline = float("inf")
+        self._gap_in_flight = False
 
     # --- host side ----------------------------------------------------------------
 
@@ -151,8 +152,7 @@ class Publisher:
         target = self._accepted_n
         self._poke()
         with self._settled_cond:
-            self._settled_cond.wait_for(lambda: self._settled >= target or self._dead(),
-                                        timeout=max(timeout, 0.0))
+            self._settled_cond.wait_for(self._flushed(target), timeout=max(timeout, 0.0))
         return self._report(started)
 
     def shutdown(self, timeout: float) -> DeliveryReport:
@@ -186,6 +186,13 @@ class Publisher:
             dead_lettered=self.stats.dead_lettered,
             seconds=time.monotonic() - started,
         )
+
+    def _flushed(self, target: int) -> Callable[[], bool]:
+        def done() -> bool:
+            gaps_done = not self._gap.count and not self._gap_in_flight
+            return (self._settled >= target and gaps_done) or self._dead()
+
+        return done
 
     def _dead(self) -> bool:
         return self._thread is None or not self._thread.is_alive()
@@ -252,6 +259,9 @@ class Publisher:
                     continue
                 try:
                     await self._deliver(sink, self._next_batch())
+                    if self._gap_in_flight:
+                        self._gap_in_flight = False
+                        self._settle(0)
                 except Exception:  # a bug must not kill the publisher
                     logger.exception("promptgov: publisher error; continuing")
                     await asyncio.sleep(0.1)
@@ -274,6 +284,7 @@ class Publisher:
         records: list[Record] = []
         gap = self._take_gap()
         if gap is not None:
+            self._gap_in_flight = True
             records.extend(self._safe_process(self._make_gap(gap), counts=False))
         queue = self._queue
         for _ in range(min(self._batch_size, len(queue))):
