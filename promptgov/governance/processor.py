@@ -18,7 +18,6 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
-from promptgov.governance.redaction import DefaultRedactor, Redactor
 
 from promptgov import _version
 from promptgov.config import Settings
@@ -27,6 +26,7 @@ from promptgov.events.codec import Limits, to_jsonable
 from promptgov.events.draft import CallSite, Draft
 from promptgov.events.ids import format_time
 from promptgov.events.models import PAYLOAD_MODELS, SCHEMA_VERSION
+from promptgov.governance.redaction import DefaultRedactor, Redactor
 from promptgov.governance.routing import Router, record_headers, record_key
 from promptgov.transport.record import Record
 

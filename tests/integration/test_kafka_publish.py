@@ -12,13 +12,13 @@ from typing import Any
 import orjson
 import pytest
 from confluent_kafka.admin import AdminClient
+from kafka_broker import KafkaBroker
+from kafka_reader import ReadBack, Record
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import promptgov
-from kafka_broker import KafkaBroker
-from kafka_reader import ReadBack, Record
 from promptgov import Governor, interaction
 from promptgov.events import EVENT_TYPES, canonical_json, parse_event
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from local_events import read_local_events
+
 from promptgov import Governor
 
 

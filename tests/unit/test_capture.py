@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from local_events import read_local_events
 
 import promptgov
-from local_events import read_local_events
 from promptgov import Governor, interaction, llm_call, retrieval, tool
 from promptgov.events import canonical_json, parse_event
 

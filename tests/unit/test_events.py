@@ -12,9 +12,9 @@ from typing import Any
 
 import orjson
 import pytest
+from local_events import read_local_events
 from pydantic import BaseModel, ValidationError
 
-from local_events import read_local_events
 from promptgov import Governor
 from promptgov.cli import main as cli_main
 from promptgov.events import EVENT_TYPES, canonical_json, parse_event
