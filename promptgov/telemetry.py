@@ -8,7 +8,7 @@ the host configured (nothing is exported otherwise).
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
@@ -43,7 +43,11 @@ _tracer_cache: tuple[Any, trace.Tracer | None] = (None, None)
 def tracer() -> trace.Tracer | None:
     """promptgov's tracer when the host configured a real tracer provider, else None."""
     global _tracer_cache
-    provider = trace.get_tracer_provider()
+    # Fast path: the API keeps the configured provider in a module global; reading
+    # it avoids get_tracer_provider()'s environment lookup on every call.
+    provider = getattr(trace, "_TRACER_PROVIDER", None)
+    if provider is None:
+        provider = trace.get_tracer_provider()
     cached_provider, cached = _tracer_cache
     if provider is cached_provider:
         return cached
@@ -60,7 +64,7 @@ _SPAN_KIND = {"llm": trace.SpanKind.CLIENT, "retrieval": trace.SpanKind.CLIENT,
 
 
 def start_span(
-    kind: str, operation: str, name: str, attributes: dict[str, Any]
+    kind: str, operation: str, name: str, attributes: Callable[[], dict[str, Any]]
 ) -> trace.Span | None:
     """Start a GenAI-convention span (``{operation} {name}``), or None without a provider."""
     t = tracer()
@@ -69,7 +73,7 @@ def start_span(
     return t.start_span(
         f"{operation} {name}".strip(),
         kind=_SPAN_KIND.get(kind, trace.SpanKind.INTERNAL),
-        attributes={k: v for k, v in attributes.items() if v is not None},
+        attributes={k: v for k, v in attributes().items() if v is not None},
     )
 
 

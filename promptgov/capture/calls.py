@@ -100,8 +100,9 @@ class CallRecorder:
         self.prompt_event_id: str | None = self.anchor_id if site.kind == "llm" else None
         self._span: trace.Span | None = None
         if gov.settings.tracing:
+            ctx = self._ctx
             self._span = telemetry.start_span(site.kind, site.operation, _span_name(site),
-                                              _span_attributes(site, self._ctx))
+                                              lambda: _span_attributes(site, ctx))
         ids = telemetry.span_ids(self._span) if self._span is not None else \
             telemetry.current_trace_ids()
         self._span_ids = ids
