@@ -37,7 +37,8 @@ def span_ids(span: trace.Span) -> tuple[str | None, str | None]:
     return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
 
 
-_tracer_cache: tuple[Any, trace.Tracer | None] = (None, None)
+_UNKNOWN = object()
+_tracer_cache: tuple[Any, trace.Tracer | None] = (_UNKNOWN, None)
 
 
 def tracer() -> trace.Tracer | None:
@@ -45,16 +46,19 @@ def tracer() -> trace.Tracer | None:
     global _tracer_cache
     # Fast path: the API keeps the configured provider in a module global; reading
     # it avoids get_tracer_provider()'s environment lookup on every call.
-    provider = getattr(trace, "_TRACER_PROVIDER", None)
-    if provider is None:
+    provider = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
+    if provider is None and _tracer_cache[0] is None:
+        return None  # no provider set, and none named by the environment (checked once)
+    if provider is None or provider is _UNKNOWN:
         provider = trace.get_tracer_provider()
     cached_provider, cached = _tracer_cache
     if provider is cached_provider:
         return cached
     if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
-        result = None
-    else:
-        result = provider.get_tracer("promptgov", __version__)
+        # ``None`` as the cached provider lets the fast path skip the lookup next time.
+        _tracer_cache = (None, None)
+        return None
+    result = provider.get_tracer("promptgov", __version__)
     _tracer_cache = (provider, result)
     return result
 

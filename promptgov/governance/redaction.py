@@ -477,7 +477,8 @@ def _find_keyword_secrets(
         value = text[start:end].rstrip(".")
         if _looks_secret(value, password=keyword in _PASSWORD_KEYWORDS):
             if end - start == _SECRET_SCAN:  # long value: redact all of it
-                end = _SECRET_REST.match(lower, end).end()  # type: ignore[union-attr]
+                rest = _SECRET_REST.match(lower, end)
+                end = rest.end() if rest is not None else end
             else:
                 end = start + len(value)
             spans.append((start, end, "secret"))
@@ -559,7 +560,7 @@ def _card_window(text: str, shape: bytes, start: int, end: int) -> tuple[int, in
                 continue
             # grouped card numbers use groups of 3+ digits (only the last may be shorter)
             # and one kind of separator
-            if min(sizes[first : last + 1], default=3) < 3 and min(sizes[first:last]) < 3:
+            if count > 1 and min(sizes[first:last]) < 3:
                 continue
             if len({shape[b] for _, b in groups[first:last]}) > 1:
                 continue
