@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from opentelemetry import metrics, trace
 
@@ -58,7 +58,8 @@ def tracer() -> trace.Tracer | None:
         # ``None`` as the cached provider lets the fast path skip the lookup next time.
         _tracer_cache = (None, None)
         return None
-    result = provider.get_tracer("promptgov", __version__)
+    result: trace.Tracer = cast(trace.TracerProvider, provider).get_tracer("promptgov",
+                                                                           __version__)
     _tracer_cache = (provider, result)
     return result
 

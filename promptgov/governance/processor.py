@@ -80,7 +80,7 @@ class EventProcessor:
         self.router = Router(settings.topic_prefix, settings.topic_router)
         self.limits = Limits(max_string=settings.max_string_length)
         self.source = f"/promptgov/{settings.app}/{settings.environment}"
-        self._prev_hash: str | None = None
+        self._prev_hash: dict[str, str | None] = {}
         self._static = {
             "schema_version": SCHEMA_VERSION,
             "app": settings.app,
@@ -100,66 +100,75 @@ class EventProcessor:
 
     def process(self, draft: Draft) -> list[Record]:
         """The records for one draft (two when raw content is captured)."""
+        return self.govern(self.complete(draft))
+
+    def complete(self, draft: Draft) -> dict[str, Any]:
+        """The whole envelope as JSON values, content not yet redacted.
+
+        This is what the spool holds; :meth:`govern` finishes it.
+        """
         try:
             payload, model = self._payload(draft)
         except Exception as exc:  # a bug or a hostile object: keep the event, drop content
             self.warnings.add(["processing_failed"], f"{type(exc).__name__}: {exc}")
             payload, model = self._fallback_payload(draft), None
+        return self._envelope(draft, payload, model)
+
+    def govern(self, event: dict[str, Any]) -> list[Record]:
+        """Classify, redact, chain and serialise a completed event into records."""
+        occurred_ns = event.pop("_ns", 0)
+        kind, payload = event["event_type"], event["payload"]
         mode = self.settings.capture_content
         records = []
-        if mode == "raw":
-            records.append(self._record(draft, payload, model, "raw", None))
         if mode == "metadata":
-            shown, redaction = self._without_content(draft.event_type, payload), None
-            classification = "metadata"
+            shown, redaction, classification = self._without_content(kind, payload), None, \
+                "metadata"
         else:
-            shown, redaction = self._redact(draft.event_type, payload)
+            shown, redaction = self._redact(kind, payload)
             classification = "redacted" if redaction is not None else "metadata"
-        records.insert(0, self._record(draft, shown, model, classification, redaction))
+        records.append(self._record(event, shown, classification, redaction, occurred_ns))
+        if mode == "raw":
+            records.append(self._record(event, payload, "raw", None, occurred_ns))
         return records
 
     # --- envelope -----------------------------------------------------------
 
     def _record(
         self,
-        draft: Draft,
+        event: dict[str, Any],
         payload: dict[str, Any],
-        model: dict[str, Any] | None,
         classification: str,
         redaction: dict[str, Any] | None,
+        occurred_ns: int,
     ) -> Record:
-        envelope = self._envelope(draft, payload, model, classification, redaction)
+        envelope = {**event, "payload": payload, "classification": classification,
+                    "redaction": redaction}
         chained = classification != "raw"
-        prev_hash = self._prev_hash
+        chain = envelope["producer_id"]
+        prev_hash = self._prev_hash.get(chain)
         if chained:
-            envelope["integrity"] = self._integrity(payload)
+            envelope["integrity"] = self._integrity(chain, payload)
         value = orjson.dumps(envelope, option=_SORTED)
         if len(value) > self.settings.max_event_bytes:
-            self.warnings.add(["event_too_large"], f"{len(value)} bytes, {draft.event_type}")
-            envelope["payload"] = self._without_content(draft.event_type, payload)
+            self.warnings.add(["event_too_large"], f"{len(value)} bytes, {event['event_type']}")
+            envelope["payload"] = self._without_content(event["event_type"], payload)
             envelope["attributes"] = {**envelope["attributes"],
                                       "promptgov.content_withheld": "event_too_large"}
             if chained:
-                self._prev_hash = prev_hash
-                envelope["integrity"] = self._integrity(envelope["payload"])
+                self._prev_hash[chain] = prev_hash
+                envelope["integrity"] = self._integrity(chain, envelope["payload"])
             value = orjson.dumps(envelope, option=_SORTED)
-        topic = self.router.topic(draft.event_type, classification)
         return Record(
-            topic=topic,
+            topic=self.router.topic(event["event_type"], classification),
             key=record_key(envelope),
             value=value,
             headers=record_headers(envelope, self.source),
-            event_id=draft.event_id,
-            enqueued_ns=draft.occurred_ns,
+            event_id=event["event_id"],
+            enqueued_ns=occurred_ns,
         )
 
     def _envelope(
-        self,
-        draft: Draft,
-        payload: dict[str, Any],
-        model: dict[str, Any] | None,
-        classification: str,
-        redaction: dict[str, Any] | None,
+        self, draft: Draft, payload: dict[str, Any], model: dict[str, Any] | None
     ) -> dict[str, Any]:
         ctx = draft.context
         attributes: dict[str, Any] = dict(self.settings.attributes)
@@ -170,7 +179,7 @@ class EventProcessor:
         if attributes:
             attributes, codes = to_jsonable(attributes, self.limits)
             self.warnings.add(codes)
-        envelope = {
+        return {
             **self._static,
             "event_id": draft.event_id,
             "event_type": draft.event_type,
@@ -187,19 +196,20 @@ class EventProcessor:
             "model": model,
             "prompt_template": draft.prompt_template or self.settings.prompt_template,
             "policy": draft.policy or self.settings.policy,
-            "classification": classification,
-            "redaction": redaction,
+            "classification": None,
+            "redaction": None,
             "integrity": None,
             "attributes": attributes,
             "payload": payload,
+            "_ns": draft.occurred_ns,
         }
-        return envelope
 
-    def _integrity(self, payload: dict[str, Any]) -> dict[str, Any]:
+    def _integrity(self, chain: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Hash the payload into the producer's chain (one chain per producer id)."""
         digest = "sha256:" + hashlib.sha256(orjson.dumps(payload, option=_SORTED)).hexdigest()
-        integrity = {"content_hash": digest, "prev_hash": self._prev_hash,
-                     "chain_id": self.producer_id}
-        self._prev_hash = digest
+        integrity = {"content_hash": digest, "prev_hash": self._prev_hash.get(chain),
+                     "chain_id": chain}
+        self._prev_hash[chain] = digest
         return integrity
 
     # --- payloads -------------------------------------------------------------

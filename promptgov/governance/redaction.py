@@ -68,6 +68,7 @@ _ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 _WORD = _ALNUM | {"_"}
 _SHAPE = bytes.maketrans(b"123456789", b"000000000")  # every ASCII digit becomes b"0"
 _RUN0 = re.compile(rb"0+")
+_LUHN_DOUBLE = str.maketrans("0123456789", "0246813579")
 _DIGIT_RUN = re.compile(r"[0-9]+")
 _HAS_DIGIT = re.compile(r"[0-9]")
 
@@ -133,9 +134,9 @@ _PASSWORD_KEYWORDS = (b"passw", b"pwd")
 _SECRET_SCAN = 256  # value characters checked per keyword; longer values are still redacted
 _SECRET_TAIL = re.compile(
     rb"[a-z0-9_\-]{0,24}[\"']?[ \t]{0,3}[:=][ \t]{0,3}[\"']?"
-    rb"([^\s\"'`,;&<>(){}\[\]]{8,%d})" % _SECRET_SCAN
+    rb"([^\s\"'`,;&<>(){}\[\]=]{8,%d}={0,2})" % _SECRET_SCAN
 )
-_SECRET_REST = re.compile(rb"[^\s\"'`,;&<>(){}\[\]]*")
+_SECRET_REST = re.compile(rb"[^\s\"'`,;&<>(){}\[\]=]*={0,2}")
 _TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_.~=-")
 
 # --- IBAN lengths by country (ISO 13616 registry) ----------------------------------------
@@ -476,7 +477,7 @@ def _find_keyword_secrets(
         start, end = tail.span(1)
         value = text[start:end].rstrip(".")
         if _looks_secret(value, password=keyword in _PASSWORD_KEYWORDS):
-            if end - start == _SECRET_SCAN:  # long value: redact all of it
+            if end - start >= _SECRET_SCAN:  # long value: redact all of it
                 rest = _SECRET_REST.match(lower, end)
                 end = rest.end() if rest is not None else end
             else:
@@ -529,11 +530,10 @@ def _valid_ipv6(candidate: str) -> bool:
 
 
 def _valid_ipv4(candidate: str) -> bool:
-    try:
-        ipaddress.IPv4Address(candidate)
-    except ValueError:  # an octet > 255 or with a leading zero
-        return False
-    return True
+    # the pattern guarantees four dot-separated runs of 1-3 digits
+    return all(
+        int(octet) <= 255 and (octet[0] != "0" or len(octet) == 1) for octet in candidate.split(".")
+    )
 
 
 def _find_cards(text: str, shape: bytes, spans: list[_Span]) -> None:
@@ -548,25 +548,33 @@ def _find_cards(text: str, shape: bytes, spans: list[_Span]) -> None:
 
 
 def _card_window(text: str, shape: bytes, start: int, end: int) -> tuple[int, int] | None:
-    """Find the widest run of whole digit groups that is a plausible card number."""
+    """Find the widest run of whole digit groups in a candidate that is a valid card number.
+
+    Grouped numbers use one kind of separator and groups of 3+ digits (only the last group
+    may be shorter), which keeps the search short.
+    """
+    if shape.count(b"0", start, end) < 13:
+        return None
     groups = [g.span() for g in _RUN0.finditer(shape, start, end)]
     if len(groups) == 1:
         return (start, end) if _valid_card(text[start:end]) else None
-    sizes = [b - a for a, b in groups]
-    for count in range(len(groups), 0, -1):
-        for first in range(len(groups) - count + 1):
-            last = first + count - 1
-            if not 13 <= sum(sizes[first : last + 1]) <= 19:
-                continue
-            # grouped card numbers use groups of 3+ digits (only the last may be shorter)
-            # and one kind of separator
-            if count > 1 and min(sizes[first:last]) < 3:
-                continue
-            if len({shape[b] for _, b in groups[first:last]}) > 1:
-                continue
-            if _valid_card("".join(text[a:b] for a, b in groups[first : last + 1])):
-                return groups[first][0], groups[last][1]
-    return None
+    best: tuple[int, int] | None = None
+    for first in range(len(groups)):
+        digits = 0
+        for last in range(first, len(groups)):
+            a, b = groups[last]
+            digits += b - a
+            if digits > 19 or (last > first and shape[a - 1] != shape[groups[first][1]]):
+                break  # too long, or a different separator
+            if (
+                digits >= 13
+                and (best is None or b - groups[first][0] > best[1] - best[0])
+                and _valid_card("".join(text[x:y] for x, y in groups[first : last + 1]))
+            ):
+                best = (groups[first][0], b)
+            if b - a < 3:
+                break
+    return best
 
 
 def _valid_card(digits: str) -> bool:
@@ -575,13 +583,10 @@ def _valid_card(digits: str) -> bool:
         return False
     if len(digits) == 13 and digits[0] != "4":
         return False
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        n = ord(ch) - 48
-        if i & 1:
-            n = n * 2 - 9 if n > 4 else n * 2
-        total += n
-    return total % 10 == 0
+    # Luhn: digit bytes are 48 + value; every second digit from the right is doubled (mod 9)
+    plain = digits[-1::-2].encode()
+    doubled = digits[-2::-2].translate(_LUHN_DOUBLE).encode()
+    return (sum(plain) + sum(doubled) - 48 * len(digits)) % 10 == 0
 
 
 def _find_ibans(text: str, shape: bytes, spans: list[_Span]) -> None:
@@ -608,27 +613,29 @@ def _find_ibans(text: str, shape: bytes, spans: list[_Span]) -> None:
 
 def _find_phones(text: str, shape: bytes, spans: list[_Span]) -> None:
     for m in _PHONE.finditer(shape):
-        span = _phone_span(text, m.start(), m.end())
+        span = _phone_span(text, shape, m.start(), m.end())
         if span is not None:
             spans.append((span[0], span[1], "phone"))
 
 
-def _phone_span(text: str, start: int, end: int) -> tuple[int, int] | None:
-    body = text[start:end]
-    groups = _DIGIT_RUN.findall(body)
-    digits = sum(len(g) for g in groups)
+def _phone_span(text: str, shape: bytes, start: int, end: int) -> tuple[int, int] | None:
+    digits = shape.count(b"0", start, end)
     lead = text[start - 1] if start else ""
     if lead == "+":  # international: +CC, separators optional
         if start >= 2 and (text[start - 2] in _WORD or text[start - 2] == "+"):
             return None
-        if body[0] == "0" or not 8 <= digits <= 15:
+        if text[start] == "0" or not 8 <= digits <= 15:
             return None
         return start - 1, end
+    if digits > 12 and text[start : start + 2] != "00":
+        return None
+    body = text[start:end]
+    groups = _DIGIT_RUN.findall(body)
     if len(groups) < 2:  # a bare run of digits is an id, not a phone number
         return None
     if body.startswith("00"):  # 00 international prefix
         return (start, end) if 10 <= digits <= 17 and body[2] != "0" else None
-    if not 8 <= digits <= 12 or len(groups[0]) > 5 or max(map(len, groups)) > 8:
+    if digits < 8 or len(groups[0]) > 5 or max(map(len, groups)) > 8:
         return None
     separators = {s for s in _DIGIT_RUN.split(body)[1:-1] if "(" not in s and ")" not in s}
     if "." in separators and len(separators) > 1:  # decimals such as "3.14 2.71"
