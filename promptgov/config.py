@@ -21,6 +21,9 @@ from promptgov.errors import ConfigurationError
 logger = logging.getLogger("promptgov")
 
 CaptureContent = Literal["redacted", "metadata", "raw"]
+Durability = Literal["memory", "spill", "wal"]
+FsyncPolicy = Literal["interval", "always", "never"]
+WhenFull = Literal["block", "drop_newest", "drop_oldest"]
 TopicRouter = Callable[[str, str], str]
 """``router(event_type, classification) -> topic``."""
 
@@ -79,6 +82,14 @@ class Settings:
     create_topics: bool = True
     topic_partitions: int = 6
     topic_replication_factor: int = 1
+    durability: Durability = "spill"
+    spool_dir: Path | None = None  # default: <local_dir>/spool
+    spool_max_bytes: int = 1024 * 1024 * 1024
+    spool_segment_bytes: int = 16 * 1024 * 1024
+    fsync: FsyncPolicy = "interval"
+    fsync_interval_ms: int = 200
+    when_full: WhenFull = "drop_newest"
+    block_timeout_ms: int = 100
     max_queue_size: int = 100_000
     batch_size: int = 500
     flush_interval_ms: int = 50
@@ -88,6 +99,11 @@ class Settings:
     tracing: bool = True
     shutdown_timeout: float = 10.0
     register_atexit: bool = True
+
+    @property
+    def spool_path(self) -> Path:
+        """Base directory of the spools (one subdirectory per governor)."""
+        return self.spool_dir if self.spool_dir is not None else self.local_dir / "spool"
 
     @property
     def producer_options(self) -> dict[str, Any]:
@@ -103,6 +119,14 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "topic_prefix": str,
     "local_dir": str,
     "capture_content": str,
+    "durability": str,
+    "spool_dir": str,
+    "spool_max_bytes": int,
+    "spool_segment_bytes": int,
+    "fsync": str,
+    "fsync_interval_ms": int,
+    "when_full": str,
+    "block_timeout_ms": int,
     "create_topics": lambda v: _parse_bool("create_topics", v),
     "topic_partitions": int,
     "topic_replication_factor": int,
@@ -190,7 +214,21 @@ def _validate(values: dict[str, Any]) -> Settings:
     if "secret_argument_names" in values:
         extra = {str(n).lower() for n in values["secret_argument_names"]}
         values["secret_argument_names"] = DEFAULT_SECRET_NAMES | extra
+    for name, allowed in (
+        ("durability", ("memory", "spill", "wal")),
+        ("fsync", ("interval", "always", "never")),
+        ("when_full", ("block", "drop_newest", "drop_oldest")),
+    ):
+        if name in values and values[name] not in allowed:
+            raise ConfigurationError(name, f"{values[name]!r} is not one of {allowed}",
+                                     f"use one of: {', '.join(allowed)}")
+    if values.get("spool_dir") is not None:
+        values["spool_dir"] = Path(values["spool_dir"]).expanduser()
     for name, minimum in (
+        ("spool_max_bytes", 1024 * 1024),
+        ("spool_segment_bytes", 64 * 1024),
+        ("fsync_interval_ms", 1),
+        ("block_timeout_ms", 0),
         ("topic_partitions", 1),
         ("topic_replication_factor", -1),
         ("max_queue_size", 1),
@@ -202,6 +240,10 @@ def _validate(values: dict[str, Any]) -> Settings:
         if name in values and (not isinstance(values[name], int) or values[name] < minimum):
             raise ConfigurationError(name, f"{values[name]!r} is not an integer >= {minimum}",
                                      f"pass an integer >= {minimum}")
+    segment = values.get("spool_segment_bytes", Settings.spool_segment_bytes)
+    if values.get("spool_max_bytes", Settings.spool_max_bytes) < 2 * segment:
+        raise ConfigurationError("spool_max_bytes", "is less than two segments",
+                                 "raise spool_max_bytes or lower spool_segment_bytes")
     if "shutdown_timeout" in values and float(values["shutdown_timeout"]) < 0:
         raise ConfigurationError("shutdown_timeout", "is negative", "pass seconds >= 0")
     return Settings(**values)

@@ -24,7 +24,7 @@ from promptgov.events.draft import Draft
 from promptgov.events.ids import now_ns, uuid7
 from promptgov.governance.processor import EventProcessor, Warnings
 from promptgov.transport.dead_letter import DeadLetterFile
-from promptgov.transport.publisher import DeliveryReport, GapInfo, Publisher
+from promptgov.transport.publisher import DeliveryReport, GapInfo, Publisher, PublisherConfig
 from promptgov.transport.sinks import DirectorySink, KafkaSink, Sink
 
 logger = logging.getLogger("promptgov")
@@ -60,16 +60,31 @@ class Governor:
         self._seq = itertools.count(1)
         self._processor = EventProcessor(s, self.producer_id, self.warnings)
         self._publisher = Publisher(
-            self._processor.process,
+            self._processor,
             self._make_sink,
             make_gap=self._gap_draft,
             dead_letter=DeadLetterFile(s.local_dir / "dead-letter.jsonl"),
-            max_queue_size=s.max_queue_size,
-            batch_size=s.batch_size,
-            flush_interval=s.flush_interval_ms / 1000,
+            config=PublisherConfig(
+                durability=s.durability,
+                max_queue_size=s.max_queue_size,
+                batch_size=s.batch_size,
+                flush_interval=s.flush_interval_ms / 1000,
+                when_full=s.when_full,
+                block_timeout=s.block_timeout_ms / 1000,
+                spool_base=s.spool_path,
+                spool_options={
+                    "segment_bytes": s.spool_segment_bytes,
+                    "max_bytes": s.spool_max_bytes,
+                    "fsync": s.fsync,
+                    "fsync_interval": s.fsync_interval_ms / 1000,
+                },
+            ),
+            owner=self.producer_id,
         )
         self._closed = False
         self._metrics = telemetry.register_metrics(self)
+        if s.durability != "memory":
+            self._publisher.start()  # adopt spools left by dead processes right away
 
     def _make_sink(self) -> Sink:
         s = self.settings
@@ -246,6 +261,7 @@ class Governor:
             _active.reset(token)
 
     def _after_fork_in_child(self) -> None:
+        self._publisher.after_fork_in_child()
         self._setup()
 
     # --- capture helpers bound to this governor ---------------------------------

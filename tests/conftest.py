@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -84,7 +84,23 @@ def read_back() -> ReadBack:
     return reader
 
 
+_fault_report: list[str] = []
+
+
+@pytest.fixture
+def fault_report(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """``fault_report(emitted=..., delivered=..., duplicates=..., **more)``: one summary row."""
+
+    def add(**figures: object) -> None:
+        cells = " ".join(f"{k}={v}" for k, v in figures.items())
+        _fault_report.append(f"{request.node.name}: {cells}")
+
+    return add
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Report how long the brokers started by this run took to become ready."""
+    """Report broker startup times and the fault tests' emitted/delivered counts."""
     for line in _startup_report:
         terminalreporter.write_line(line)
+    for line in _fault_report:
+        terminalreporter.write_line(f"fault {line}")

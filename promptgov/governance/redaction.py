@@ -8,8 +8,8 @@ Performance notes: detection runs on an ASCII byte view of the text (one byte pe
 non-ASCII replaced by ``?``), so offsets match the original string. Every pattern starts with
 a literal so the regex engine can skip ahead quickly, runs only behind a cheap pre-filter
 (``@`` present, digits present, ...), and has bounded backtracking, so scanning is linear in
-the text length. Candidates are confirmed by validators (Luhn, mod-97, ``ipaddress``, entropy)
-to keep false positives low.
+the text length. Candidates are confirmed by validators (Luhn, mod-97, octet ranges,
+``ipaddress``, entropy) to keep false positives low.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ __all__ = [
     "Redactor",
 ]
 
-JSONValue: TypeAlias = "dict[str, JSONValue] | list[JSONValue] | str | int | float | bool | None"
+JSONValue: TypeAlias = dict[str, "JSONValue"] | list["JSONValue"] | str | int | float | bool | None
 
 TRUNCATED_KIND = "truncated"
 """Pseudo-kind reported once for a string cut at ``max_text_length``."""
@@ -129,14 +129,16 @@ _AUTH_HEADER = re.compile(
 )
 _BEARER = re.compile(rb"bearer(?<![a-z0-9_]bearer)[ \t]+([a-z0-9._~+/\-]{16,}=*)")
 _SECRET_KEYWORDS = (b"key", b"secret", b"token", b"passw", b"pwd")
-_PASSWORD_KEYWORDS = (b"passw", b"pwd")
-# follows a keyword: e.g. "_id", optional closing quote, ":" or "=", optional opening quote
 _SECRET_SCAN = 256  # value characters checked per keyword; longer values are still redacted
-_SECRET_TAIL = re.compile(
-    rb"[a-z0-9_\-]{0,24}[\"']?[ \t]{0,3}[:=][ \t]{0,3}[\"']?"
-    rb"([^\s\"'`,;&<>(){}\[\]=]{8,%d}={0,2})" % _SECRET_SCAN
-)
-_SECRET_REST = re.compile(rb"[^\s\"'`,;&<>(){}\[\]=]*={0,2}")
+# after a keyword: a suffix such as "_id", an optional closing quote, ":" or "=", an optional
+# opening quote, then the value (token-like for keys, almost anything for passwords)
+_ASSIGN = rb"[a-z0-9_\-]{0,24}[\"']?[ \t]{0,3}[:=][ \t]{0,3}[\"']?"
+_TOKEN_VALUE = rb"[^\s\"'`,;&<>(){}\[\]=]"
+_PASSWORD_VALUE = rb"[^\s\"'`,;]"
+_SECRET_TAIL = re.compile(_ASSIGN + rb"(%s{8,%d}={0,2})" % (_TOKEN_VALUE, _SECRET_SCAN))
+_SECRET_REST = re.compile(_TOKEN_VALUE + rb"*={0,2}")
+_PASSWORD_TAIL = re.compile(_ASSIGN + rb"(%s{8,%d})" % (_PASSWORD_VALUE, _SECRET_SCAN))
+_PASSWORD_REST = re.compile(_PASSWORD_VALUE + rb"*")
 _TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_.~=-")
 
 # --- IBAN lengths by country (ISO 13616 registry) ----------------------------------------
@@ -278,9 +280,9 @@ class DefaultRedactor:
     def redact(self, value: JSONValue, path: str = "") -> tuple[JSONValue, list[Finding]]:
         """Return a redacted copy of ``value`` (never mutated) and findings per (kind, field).
 
-        Dict keys are kept as-is; only string values are redacted. Child paths are
-        ``path.key`` for identifier-like keys, ``path["other key"]`` otherwise, and
-        ``path[i]`` for list items.
+        Dict keys are kept as-is; only string values are redacted; other leaves are returned
+        unchanged and tuples come back as lists. Child paths are ``path.key`` for
+        identifier-like keys, ``path["other key"]`` otherwise, and ``path[i]`` for list items.
         """
         found: dict[tuple[str, str], int] = {}
         out = self._walk(value, path, found)
@@ -314,15 +316,13 @@ class DefaultRedactor:
             _find_private_keys(view, spans)
         if email and b"@" in view:
             _find_emails(view, spans)
-        if api_key and (b"A" in view or b"_" in view or b"sk-" in view or b"xox" in view):
+        if api_key and (b"A" in view or b"_" in view or b"-" in view):
             _find_api_keys(text, view, spans)
-        if jwt and b"eyJ" in view:
+        if jwt and b"J" in view and b"eyJ" in view:
             spans.extend((m.start(), m.end(), "jwt") for m in _JWT.finditer(view))
         assignment = b":" in view or b"=" in view
-        if (bearer and (assignment or b"earer" in view or b"EARER" in view)) or (
-            secret and assignment
-        ):
-            _find_keyword_secrets(text, view, bearer, secret and assignment, spans)
+        if (secret or bearer) and (assignment or b"b" in view or b"B" in view):
+            _find_keyword_secrets(text, view, bearer, secret and assignment, assignment, spans)
         if ip and b":" in view:
             _find_ipv6(text, view, spans)
         if (card or iban or phone or ip) and _has_digit(text):
@@ -443,11 +443,11 @@ def _find_api_keys(text: str, view: bytes, spans: list[_Span]) -> None:
 
 
 def _find_keyword_secrets(
-    text: str, view: bytes, bearer: bool, secret: bool, spans: list[_Span]
+    text: str, view: bytes, bearer: bool, secret: bool, assignment: bool, spans: list[_Span]
 ) -> None:
     lower = view.lower()
     if bearer:
-        if b"authorization" in lower:
+        if assignment and b"authorization" in lower:
             for m in _AUTH_HEADER.finditer(lower):
                 start, end = m.span(2)
                 token = text[start:end]
@@ -471,14 +471,15 @@ def _find_keyword_secrets(
     for pos, keyword in hits:
         if pos < covered:
             continue
-        tail = _SECRET_TAIL.match(lower, pos + len(keyword))
+        password = keyword in (b"passw", b"pwd")
+        tail = (_PASSWORD_TAIL if password else _SECRET_TAIL).match(lower, pos + len(keyword))
         if tail is None:
             continue
         start, end = tail.span(1)
         value = text[start:end].rstrip(".")
-        if _looks_secret(value, password=keyword in _PASSWORD_KEYWORDS):
+        if _looks_secret(value, password=password):
             if end - start >= _SECRET_SCAN:  # long value: redact all of it
-                rest = _SECRET_REST.match(lower, end)
+                rest = (_PASSWORD_REST if password else _SECRET_REST).match(lower, end)
                 end = rest.end() if rest is not None else end
             else:
                 end = start + len(value)
@@ -553,7 +554,7 @@ def _card_window(text: str, shape: bytes, start: int, end: int) -> tuple[int, in
     Grouped numbers use one kind of separator and groups of 3+ digits (only the last group
     may be shorter), which keeps the search short.
     """
-    if shape.count(b"0", start, end) < 13:
+    if shape.count(b"0", start, end) < 13 or shape.find(b"000", start, end) == -1:
         return None
     groups = [g.span() for g in _RUN0.finditer(shape, start, end)]
     if len(groups) == 1:

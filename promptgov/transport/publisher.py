@@ -1,35 +1,68 @@
-"""The publisher: a bounded queue drained by a background thread with its own event loop.
+"""The publisher: hands events from any thread to a sink, in order, without losing them.
 
-The host only appends to a deque (thread-safe, no lock, no syscall in the
-common case). The publisher thread processes drafts into records in batches,
-sends them through a sink and retries with capped, jittered backoff until they
-are delivered, dead-lettered (fatal errors) or the shutdown deadline passes.
-When the queue is full, new events are dropped and accounted for by a ``gap``
-event published once the path is open again.
+Durability modes (``durability`` setting):
+
+``memory``  the host appends drafts to a bounded deque; the publisher thread
+            completes, governs and sends them.
+``spill``   as ``memory``, but when a send fails, or the deque passes its
+            high-water mark, the publisher moves events to the durable spool
+            and delivers from there; at shutdown what is left goes to the spool.
+``wal``     the host completes each event and appends it to the spool before
+            the wrapped call returns; the publisher delivers from the spool.
+
+The publisher runs its own asyncio loop on a daemon thread. Retriable send
+failures are retried with capped, jittered backoff (tenacity) until delivered
+or the shutdown deadline; fatal ones go to the dead-letter file. Events lost
+to a full queue or spool are accounted for by a ``gap`` event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import logging
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
+import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from promptgov.transport.dead_letter import DeadLetterFile
 from promptgov.transport.record import Record
 from promptgov.transport.sinks import SendOutcome, Sink
+from promptgov.transport.spool import Spool, SpoolUnavailable, orphaned_spools
 
 logger = logging.getLogger("promptgov")
 
-Process = Callable[[Any], list[Record]]
+
+class Processor(Protocol):
+    """Turns drafts into events (``complete``) and events into records (``govern``)."""
+
+    def complete(self, draft: Any) -> dict[str, Any]: ...
+
+    def govern(self, event: dict[str, Any]) -> list[Record]: ...
+
+
 MakeGap = Callable[["GapInfo"], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class PublisherConfig:
+    """The publisher's share of the settings."""
+
+    durability: str = "memory"
+    max_queue_size: int = 100_000
+    batch_size: int = 500
+    flush_interval: float = 0.05
+    when_full: str = "drop_newest"
+    block_timeout: float = 0.1
+    spill_high_water: float = 0.5
+    spool_base: Path | None = None
+    spool_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -51,6 +84,7 @@ class DeliveryReport:
     pending: int
     dropped: int
     dead_lettered: int
+    spooled: int
     seconds: float
 
     @property
@@ -68,7 +102,8 @@ class PublisherStats:
         self.retries = 0
         self.failed_sends = 0
         self.dropped = 0
-        self.abandoned_at_shutdown = 0
+        self.spilled = 0
+        self.adopted = 0
         self.last_error: str | None = None
         self.latencies_ms: deque[float] = deque(maxlen=4096)
 
@@ -77,38 +112,48 @@ class _Retry(Exception):
     """Some records of the batch must be sent again."""
 
 
+@dataclasses.dataclass
+class _Batch:
+    records: list[Record]
+    events: dict[str, dict[str, Any]]  # event_id -> completed event (for spilling)
+    spool: Spool | None = None
+    last_seq: int = 0
+
+
 class Publisher:
-    """Moves drafts from any thread to a sink, in order, with retries."""
+    """Moves events from any thread to a sink, in order, with retries and a spool."""
 
     def __init__(
         self,
-        process: Process,
+        processor: Processor,
         sink_factory: Callable[[], Sink],
         *,
         make_gap: MakeGap,
         dead_letter: DeadLetterFile,
-        max_queue_size: int,
-        batch_size: int,
-        flush_interval: float,
+        config: PublisherConfig,
+        owner: str,
         name: str = "promptgov-publisher",
     ) -> None:
-        self._process = process
+        self._processor = processor
         self._sink_factory = sink_factory
         self._make_gap = make_gap
         self._dead_letter = dead_letter
-        self._max_queue = max_queue_size
-        self._batch_size = batch_size
-        self._interval = flush_interval
+        self.config = config
+        self._owner = owner
         self._name = name
+        self._wal = config.durability == "wal"
+        self._spill = config.durability == "spill"
+        self._high_water = max(1, int(config.max_queue_size * config.spill_high_water))
         self.stats = PublisherStats()
         self._init_state()
 
     def _init_state(self) -> None:
         self._queue: deque[Any] = deque()
-        self._accepted = itertools.count(1)
+        self._count_lock = threading.Lock()
         self._accepted_n = 0
         self._settled = 0
         self._settled_cond = threading.Condition()
+        self._space = threading.Condition()
         self._gap = GapInfo()
         self._gap_lock = threading.Lock()
         self._start_lock = threading.Lock()
@@ -119,44 +164,123 @@ class Publisher:
         self._stopping = False
         self._closed = False
         self._deadline = float("inf")
-        self._gap_in_flight = False
+        self._drop_oldest_segment = False
+        self._adopted: list[Spool] = []
+        self.spool: Spool | None = None
+        if self.config.durability != "memory":
+            self.spool = self._open_own_spool()
+
+    def _open_own_spool(self) -> Spool | None:
+        base = self.config.spool_base
+        if base is None:
+            return None
+        try:
+            return Spool.open(base / self._owner, **self.config.spool_options)
+        except (SpoolUnavailable, OSError) as exc:
+            logger.error("promptgov: spool unavailable (%s); %s mode falls back to memory "
+                         "until restart", exc, self.config.durability)
+            return None
 
     # --- host side ----------------------------------------------------------------
 
     def enqueue(self, draft: Any, event_type: str, occurred_ns: int) -> bool:
-        """Accept one draft without blocking; False (and a counted drop) when full or closed."""
-        if self._closed or len(self._queue) >= self._max_queue:
-            self._drop(event_type, occurred_ns, "shutdown" if self._closed else "queue_full")
+        """Accept one draft without blocking the host (unless ``when_full="block"``).
+
+        False (and a counted drop, reported by a gap event) when it could not be kept.
+        """
+        if self._closed:
+            self._drop(event_type, occurred_ns, "shutdown")
             return False
-        self._queue.append(draft)
-        self._accepted_n = next(self._accepted)
+        if self._wal and self.spool is not None:
+            return self._append_wal(draft, event_type, occurred_ns)
+        queue = self._queue
+        if len(queue) >= self.config.max_queue_size and not self._make_room(
+                event_type, occurred_ns):
+            return False
+        queue.append(draft)
+        self._count_accepted()
         if self._thread is None:
             self._start()
-        elif self._idle and len(self._queue) >= self._batch_size:
+        elif self._idle and len(queue) >= self.config.batch_size:
             self._poke()
         return True
 
+    def _make_room(self, event_type: str, occurred_ns: int) -> bool:
+        policy = self.config.when_full
+        if policy == "drop_oldest":
+            try:
+                oldest = self._queue.popleft()
+            except IndexError:
+                return True
+            self._drop(oldest.event_type, oldest.occurred_ns, "queue_full_drop_oldest")
+            self._settle(1)  # the dropped one will never be delivered: do not wait for it
+            return True
+        if policy == "block":
+            self._poke()
+            with self._space:
+                if self._space.wait_for(lambda: len(self._queue) < self.config.max_queue_size,
+                                        timeout=self.config.block_timeout):
+                    return True
+        self._drop(event_type, occurred_ns, "queue_full")
+        return False
+
+    def _append_wal(self, draft: Any, event_type: str, occurred_ns: int) -> bool:
+        spool = self.spool
+        assert spool is not None
+        data = orjson.dumps(self._processor.complete(draft))
+        try:
+            seq = spool.append(data)
+            if seq is None and self.config.when_full == "block":
+                self._poke()
+                deadline = time.monotonic() + self.config.block_timeout
+                with self._space:
+                    while seq is None and time.monotonic() < deadline:
+                        self._space.wait(max(deadline - time.monotonic(), 0.0))
+                        seq = spool.append(data)
+        except OSError as exc:  # the disk failed under us: degrade to memory
+            logger.error("promptgov: spool write failed (%s); falling back to memory", exc)
+            self.spool = None
+            self._adopted.insert(0, spool)  # still deliver what it holds
+            return self.enqueue(draft, event_type, occurred_ns)
+        if seq is None:
+            if self.config.when_full == "drop_oldest":
+                self._drop_oldest_segment = True
+            self._drop(event_type, occurred_ns, "spool_full")
+            return False
+        self._count_accepted()
+        if self._thread is None:
+            self._start()
+        elif self._idle and spool.unread >= self.config.batch_size:
+            self._poke()
+        return True
+
+    def _count_accepted(self) -> None:
+        with self._count_lock:
+            self._accepted_n += 1
+
     @property
     def accepted(self) -> int:
-        """Drafts accepted since start (or since the fork)."""
+        """Events accepted since start (or since the fork)."""
         return self._accepted_n
 
     @property
     def queue_depth(self) -> int:
-        """Drafts waiting to be processed."""
+        """Drafts waiting in memory."""
         return len(self._queue)
 
     def flush(self, timeout: float) -> DeliveryReport:
         """Wait until everything accepted so far is settled, or the timeout passes."""
         started = time.monotonic()
-        target = self._accepted_n
+        target = self._accepted_n + (1 if self._gap.count else 0)  # a gap event to come
+        if self._thread is None and (self._adopted or target):
+            self._start()
         self._poke()
         with self._settled_cond:
             self._settled_cond.wait_for(self._flushed(target), timeout=max(timeout, 0.0))
         return self._report(started)
 
     def shutdown(self, timeout: float) -> DeliveryReport:
-        """Stop accepting, deliver until the deadline, then close the sink."""
+        """Stop accepting, deliver until the deadline, spool (or report) the rest, close."""
         started = time.monotonic()
         self._closed = True
         thread = self._thread
@@ -164,33 +288,42 @@ class Publisher:
             self._deadline = time.monotonic() + max(timeout, 0.0)
             self._stopping = True
             self._poke()
-            thread.join(timeout + 5.0)  # the sink's close is bounded too
+            thread.join(timeout + 10.0)  # the sink's close and the spool's fsync are bounded
+        else:
+            self._close_spools()
         report = self._report(started)
         if report.pending:
+            where = "left in the spool for the next start" if report.spooled else "lost"
             logger.warning(
-                "promptgov: shut down with %d event(s) undelivered (%d delivered, %d dropped); "
-                "last error: %s", report.pending, report.delivered, report.dropped,
-                self.stats.last_error)
+                "promptgov: shut down with %d event(s) undelivered (%s); %d delivered, "
+                "%d dropped; last error: %s", report.pending, where, report.delivered,
+                report.dropped, self.stats.last_error)
         return report
 
-    def reset_after_fork(self) -> None:
-        """In a forked child: forget the parent's queue and thread (the parent delivers them)."""
+    def after_fork_in_child(self) -> None:
+        """In a forked child: drop the parent's queue, thread and spool (the parent has them)."""
+        for spool in [self.spool, *self._adopted]:
+            if spool is not None:
+                spool.forget_after_fork()
         self.stats = PublisherStats()
-        self._init_state()
 
     def _report(self, started: float) -> DeliveryReport:
+        spooled = sum(s.pending for s in self._spools())
         return DeliveryReport(
             delivered=self.stats.delivered,
             pending=max(self._accepted_n - self._settled, 0),
             dropped=self.stats.dropped,
             dead_lettered=self.stats.dead_lettered,
+            spooled=spooled,
             seconds=time.monotonic() - started,
         )
 
+    def _spools(self) -> list[Spool]:
+        return [s for s in (*self._adopted, self.spool) if s is not None]
+
     def _flushed(self, target: int) -> Callable[[], bool]:
         def done() -> bool:
-            gaps_done = not self._gap.count and not self._gap_in_flight
-            return (self._settled >= target and gaps_done) or self._dead()
+            return (self._settled >= target and not self._adopted) or self._dead()
 
         return done
 
@@ -204,7 +337,8 @@ class Publisher:
                 gap.first_ns = occurred_ns
                 gap.reason = reason
             gap.count += 1
-            gap.last_ns = occurred_ns
+            gap.first_ns = min(gap.first_ns, occurred_ns)
+            gap.last_ns = max(gap.last_ns, occurred_ns)
             gap.event_types[event_type] += 1
             self.stats.dropped += 1
 
@@ -225,6 +359,11 @@ class Publisher:
                                             name=self._name, daemon=True)
             self._thread.start()
         ready.wait(5.0)
+
+    def start(self) -> None:
+        """Start the publisher thread now (it also starts on the first event)."""
+        if self._thread is None:
+            self._start()
 
     # --- publisher thread -----------------------------------------------------------
 
@@ -249,72 +388,153 @@ class Publisher:
 
     async def _run(self) -> None:
         sink = self._sink_factory()
-        assert self._wake is not None
+        self._adopt_orphans()
         try:
             while True:
-                if self._stopping and (not self._queue or time.monotonic() >= self._deadline):
+                if self._stopping and (time.monotonic() >= self._deadline or not self._work()):
                     break
-                if not self._queue and not self._gap.count:
+                if self._drop_oldest_segment:
+                    self._discard_oldest_segment()
+                for spool in self._spools():
+                    spool.maintain()
+                if not self._work():
                     await self._idle_wait()
                     continue
                 try:
-                    await self._deliver(sink, self._next_batch())
-                    if self._gap_in_flight:
-                        self._gap_in_flight = False
-                        self._settle(0)
+                    await self._step(sink)
                 except Exception:  # a bug must not kill the publisher
                     logger.exception("promptgov: publisher error; continuing")
                     await asyncio.sleep(0.1)
         finally:
-            self.stats.abandoned_at_shutdown = len(self._queue)
+            self._spill_leftovers()
             await sink.close(max(self._deadline - time.monotonic(), 1.0))
+            self._close_spools()
+
+    def _work(self) -> bool:
+        return bool(self._queue or self._gap.count or self._adopted
+                    or (self.spool is not None and self.spool.unread))
 
     async def _idle_wait(self) -> None:
         assert self._wake is not None
         self._idle = True
         try:
-            await asyncio.wait_for(self._wake.wait(), self._interval)
+            await asyncio.wait_for(self._wake.wait(), self.config.flush_interval)
         except (asyncio.TimeoutError, TimeoutError):
             pass
         finally:
             self._idle = False
             self._wake.clear()
 
-    def _next_batch(self) -> list[Record]:
-        records: list[Record] = []
-        gap = self._take_gap()
-        if gap is not None:
-            self._gap_in_flight = True
-            records.extend(self._safe_process(self._make_gap(gap), counts=False))
-        queue = self._queue
-        for _ in range(min(self._batch_size, len(queue))):
-            records.extend(self._safe_process(queue.popleft()))
-        return records
+    async def _step(self, sink: Sink) -> None:
+        """Deliver one batch: adopted spools first, then the own spool, then memory."""
+        self._enqueue_gap()
+        if self._spill and self.spool is not None and (
+                self.spool.unread or len(self._queue) > self._high_water):
+            self._move_to_spool(self.config.batch_size * 4)
+        source = next((s for s in self._adopted if s.unread), None)
+        if source is None and self.spool is not None and self.spool.unread:
+            source = self.spool
+        if source is not None:
+            batch = self._batch_from_spool(source)
+        elif self._queue:
+            batch = self._batch_from_memory()
+        else:
+            batch = _Batch([], {})
+        if batch.records:
+            spill_on_failure = self._spill and source is None and self.spool is not None
+            delivered = await self._deliver(sink, batch, spill_on_failure)
+            if delivered and batch.spool is not None:
+                batch.spool.ack(batch.last_seq)
+                self._notify_space()
+        self._finish_adopted()
 
-    def _take_gap(self) -> GapInfo | None:
+    def _enqueue_gap(self) -> None:
+        """Turn the drops so far into a gap event, delivered like any other event."""
         with self._gap_lock:
             if not self._gap.count:
-                return None
+                return
             gap, self._gap = self._gap, GapInfo()
-            return gap
-
-    def _safe_process(self, draft: Any, counts: bool = True) -> list[Record]:
         try:
-            records = self._process(draft)
+            draft = self._make_gap(gap)
+            spool = self.spool if self._wal else None
+            if spool is not None and spool.append(
+                    orjson.dumps(self._processor.complete(draft))) is not None:
+                self._count_accepted()
+                return
+            self._queue.appendleft(draft)  # may exceed the bound by this one event
+            self._count_accepted()
         except Exception:
-            logger.exception("promptgov: could not process an event; it is dead-lettered")
-            records = []
-            self._dead_letter.write_draft(draft, "processing failed")
-            self.stats.dead_lettered += 1
-        if counts:
-            if records:
-                records[-1].settles = True
-            else:
-                self._settle(1)
-        return records
+            logger.exception("promptgov: could not record a gap of %d event(s)", gap.count)
 
-    async def _deliver(self, sink: Sink, records: list[Record]) -> None:
-        remaining = records
+    def _batch_from_memory(self) -> _Batch:
+        batch = _Batch([], {})
+        queue = self._queue
+        for _ in range(min(self.config.batch_size, len(queue))):
+            draft = queue.popleft()
+            try:
+                event = self._processor.complete(draft)
+                records = self._processor.govern(dict(event))
+            except Exception:
+                logger.exception("promptgov: could not process an event; it is dead-lettered")
+                self._dead_letter.write_draft(draft, "processing failed")
+                self.stats.dead_lettered += 1
+                self._settle(1)
+                continue
+            records[-1].settles = True
+            batch.events[event["event_id"]] = event
+            batch.records.extend(records)
+        self._notify_space()
+        return batch
+
+    def _batch_from_spool(self, spool: Spool) -> _Batch:
+        batch = _Batch([], {}, spool)
+        counts = spool is self.spool  # adopted events were not accepted by this process
+        for seq, data in spool.read(self.config.batch_size):
+            batch.last_seq = seq
+            try:
+                records = self._processor.govern(orjson.loads(data))
+            except Exception:
+                logger.exception("promptgov: unreadable spooled event %d dead-lettered", seq)
+                self._dead_letter.write_draft(data[:2000], "unreadable spooled event")
+                self.stats.dead_lettered += 1
+                if counts:
+                    self._settle(1)
+                continue
+            records[-1].settles = counts
+            batch.records.extend(records)
+        return batch
+
+    def _move_to_spool(self, limit: int) -> None:
+        """Spill: complete the oldest drafts and append them to the spool, in order."""
+        spool = self.spool
+        assert spool is not None
+        queue = self._queue
+        moved = 0
+        while queue and moved < limit:
+            draft = queue[0]
+            try:
+                data = orjson.dumps(self._processor.complete(draft))
+                seq = spool.append(data)
+            except OSError as exc:
+                logger.error("promptgov: spilling failed (%s); keeping events in memory", exc)
+                return
+            except Exception:
+                logger.exception("promptgov: could not spill an event; it is dead-lettered")
+                queue.popleft()
+                self._dead_letter.write_draft(draft, "processing failed")
+                self._settle(1)
+                continue
+            if seq is None:  # spool full: the memory queue keeps the rest
+                return
+            queue.popleft()
+            moved += 1
+        if moved:
+            self.stats.spilled += moved
+            self._notify_space()
+
+    async def _deliver(self, sink: Sink, batch: _Batch, spill_on_failure: bool) -> bool:
+        """Send until every record is settled (True) or the shutdown deadline (False)."""
+        remaining = batch.records
         retrying = AsyncRetrying(
             wait=wait_exponential_jitter(multiplier=0.05, max=5.0, jitter=0.25),
             retry=retry_if_exception_type(_Retry),
@@ -329,16 +549,50 @@ class Publisher:
                     outcome = await sink.send(remaining)
                     self._account(outcome)
                     remaining = outcome.retry
+                    if remaining and spill_on_failure:
+                        self._spill_batch(remaining, batch)
+                        return True
                     if remaining:
                         raise _Retry(outcome.error)
         except _Retry:
-            logger.warning("promptgov: %d record(s) undelivered at shutdown: %s",
+            logger.warning("promptgov: %d record(s) undelivered at the deadline: %s",
                            len(remaining), self.stats.last_error)
+            if batch.spool is None:
+                self._spill_batch(remaining, batch)
+            return False
+        return True
+
+    def _spill_batch(self, records: list[Record], batch: _Batch) -> None:
+        """Put the undelivered part of a memory batch into the spool (spill mode)."""
+        if not self._spill or self.spool is None:
+            return
+        seen: set[str] = set()
+        for record in records:
+            if record.event_id in seen or record.event_id not in batch.events:
+                continue
+            seen.add(record.event_id)
+            try:
+                seq = self.spool.append(orjson.dumps(batch.events[record.event_id]))
+            except OSError:
+                seq = None
+            if seq is None:
+                return  # stays undelivered and is reported
+            self.stats.spilled += 1  # settles when delivered from the spool
+        self._move_to_spool(len(self._queue))
+
+    def _spill_leftovers(self) -> None:
+        """At shutdown (spill mode): whatever is still in memory goes to the spool."""
+        if self._spill and self.spool is not None and self._queue:
+            self._move_to_spool(len(self._queue))
 
     def _give_up(self, state: RetryCallState) -> bool:
         return self._stopping and time.monotonic() >= self._deadline
 
     async def _sleep(self, seconds: float) -> None:
+        if self._spill and self.spool is not None and self._queue:
+            self._move_to_spool(len(self._queue))  # an outage: keep memory small
+        for spool in self._spools():
+            spool.maintain()
         if self._stopping:
             seconds = min(seconds, max(self._deadline - time.monotonic(), 0.0))
         await asyncio.sleep(seconds)
@@ -350,9 +604,10 @@ class Publisher:
         now = time.time_ns()
         settled = 0
         for record in outcome.delivered:
-            self.stats.latencies_ms.append((now - record.enqueued_ns) / 1e6)
+            if record.enqueued_ns:
+                self.stats.latencies_ms.append((now - record.enqueued_ns) / 1e6)
             settled += record.settles
-        self.stats.delivered += settled
+        self.stats.delivered += sum(r.settles for r in outcome.delivered)
         for record, reason in outcome.fatal:
             self._dead_letter.write(record, reason)
             self.stats.dead_lettered += 1
@@ -367,3 +622,58 @@ class Publisher:
         with self._settled_cond:
             self._settled += count
             self._settled_cond.notify_all()
+
+    def _notify_space(self) -> None:
+        if self.config.when_full == "block":
+            with self._space:
+                self._space.notify_all()
+
+    # --- spool housekeeping --------------------------------------------------------
+
+    def _adopt_orphans(self) -> None:
+        base = self.config.spool_base
+        if base is None or self.config.durability == "memory":
+            return
+        own = self.spool.directory if self.spool is not None else None
+        for directory in orphaned_spools(base, exclude=own):
+            try:
+                spool = Spool.open(directory, **self.config.spool_options)
+            except (SpoolUnavailable, OSError):
+                continue
+            if spool.pending:
+                logger.info("promptgov: adopting %d event(s) left in %s", spool.pending,
+                            directory)
+                self.stats.adopted += spool.pending
+                self._adopted.append(spool)
+            else:
+                spool.close()
+
+    def _finish_adopted(self) -> None:
+        for spool in list(self._adopted):
+            if spool.pending == 0:
+                spool.close()
+                self._adopted.remove(spool)
+
+    def _discard_oldest_segment(self) -> None:
+        self._drop_oldest_segment = False
+        if self.spool is not None:
+            lost = self.spool.discard_oldest_segment()
+            if lost:
+                self.stats.dropped += lost
+                self._settle(lost)
+                with self._gap_lock:
+                    now = time.time_ns()
+                    gap = self._gap
+                    if gap.count == 0:
+                        gap.first_ns, gap.reason = now, "spool_full_drop_oldest"
+                    gap.count += lost
+                    gap.last_ns = now
+                    gap.event_types["unknown"] += lost
+                self._notify_space()
+
+    def _close_spools(self) -> None:
+        for spool in self._spools():
+            try:
+                spool.close()
+            except OSError:
+                logger.exception("promptgov: could not close the spool %s", spool.directory)

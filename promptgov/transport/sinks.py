@@ -58,6 +58,7 @@ _ADMIN_OPTIONS = {
 }
 _TOPIC_ALREADY_EXISTS = 36
 _AUTHORIZATION_ERRORS = {29, 31}
+_INVALID_TOPIC = 17
 
 
 @dataclasses.dataclass
@@ -102,6 +103,7 @@ class KafkaSink:
         self._timeout = self._options.get("request_timeout_ms", 40_000) / 1000 + 5
         self._producer: AIOKafkaProducer | None = None
         self._known_topics: set[str] = set()
+        self._unwritable: dict[str, str] = {}  # topic -> why records to it are dead letters
 
     async def send(self, records: list[Record]) -> SendOutcome:
         outcome = SendOutcome()
@@ -114,6 +116,10 @@ class KafkaSink:
             return outcome
         in_flight: list[tuple[Record, asyncio.Future[Any]]] = []
         for index, record in enumerate(records):
+            reason = self._unwritable.get(record.topic)
+            if reason is not None:
+                outcome.fatal.append((record, reason))
+                continue
             try:
                 future = await asyncio.wait_for(
                     producer.send(record.topic, record.value, key=record.key,
@@ -193,6 +199,10 @@ class KafkaSink:
                         "promptgov: not authorised to create topic %r (error %s %s); create it "
                         "beforehand or grant CREATE, or set create_topics=False", topic, code,
                         message)
+                elif code == _INVALID_TOPIC:
+                    self._unwritable[topic] = f"InvalidTopicError: {message or topic}"
+                    logger.error("promptgov: %r is not a valid topic name; its records go to "
+                                 "the dead-letter file", topic)
                 else:
                     logger.error("promptgov: could not create topic %r: error %s %s",
                                  topic, code, message)

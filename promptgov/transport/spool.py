@@ -217,7 +217,7 @@ class Spool:
         index, offset = self._read_pos
         while len(out) < max_records and index < len(segments):
             segment = segments[index]
-            end, last_seq = limits[index]
+            end, _ = limits[index]
             if offset >= end:
                 if index == len(segments) - 1:
                     break
@@ -289,6 +289,30 @@ class Spool:
         if old_fd is not None:
             os.fsync(old_fd)  # fsync on roll, whatever the policy
             os.close(old_fd)
+
+    def discard_oldest_segment(self) -> int:
+        """Give up the oldest closed segment (``drop_oldest``); how many events were lost."""
+        with self._lock:
+            if len(self._segments) < 2:
+                return 0  # only the segment being written: nothing can be discarded
+            segment = self._segments.pop(0)
+            self._bytes -= segment.size
+            index, offset = self._read_pos
+            self._read_pos = (index - 1, offset) if index > 0 else (0, 0)
+        lost = max(segment.last_seq - max(self._acked, segment.first_seq - 1), 0)
+        self._read_seq = max(self._read_seq, segment.last_seq + 1)
+        self._acked = max(self._acked, segment.last_seq)
+        _write_atomic(self.directory / "ledger", orjson.dumps({"acked": self._acked}))
+        self._delete(segment)
+        return lost
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: close the inherited descriptors, leave files and lock alone."""
+        for fd in (self._fd, self._lock_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = self._lock_fd = None
 
     def _delete(self, segment: _Segment) -> None:
         with contextlib.suppress(OSError):

@@ -268,7 +268,8 @@ def test_integrity_chain_links_each_event_to_the_previous(tmp_path: Path) -> Non
 
 
 def test_queue_overflow_is_accounted_for_by_a_gap_event(tmp_path: Path) -> None:
-    gov = Governor(local_dir=tmp_path, register_atexit=False, max_queue_size=5)
+    gov = Governor(local_dir=tmp_path, register_atexit=False, max_queue_size=5,
+                   durability="memory")
     gov._publisher._thread = threading.Thread()  # hold the publisher: nothing drains
     for _ in range(20):
         gov.emit_event("feedback", {"target_event_id": "t"})
