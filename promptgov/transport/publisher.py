@@ -166,6 +166,7 @@ class Publisher:
         self._deadline = float("inf")
         self._drop_oldest_segment = False
         self._adopted: list[Spool] = []
+        self._adoption_done = threading.Event()
         self.spool: Spool | None = None
         if self.config.durability != "memory":
             self.spool = self._open_own_spool()
@@ -323,7 +324,8 @@ class Publisher:
 
     def _flushed(self, target: int) -> Callable[[], bool]:
         def done() -> bool:
-            return (self._settled >= target and not self._adopted) or self._dead()
+            adopted = self._adoption_done.is_set() and not self._adopted
+            return (self._settled >= target and adopted) or self._dead()
 
         return done
 
@@ -388,7 +390,10 @@ class Publisher:
 
     async def _run(self) -> None:
         sink = self._sink_factory()
-        self._adopt_orphans()
+        try:
+            self._adopt_orphans()
+        finally:
+            self._adoption_done.set()
         try:
             while True:
                 if self._stopping and (time.monotonic() >= self._deadline or not self._work()):
@@ -653,6 +658,7 @@ class Publisher:
             if spool.pending == 0:
                 spool.close()
                 self._adopted.remove(spool)
+                self._settle(0)  # wake flush(), which waits for adopted spools too
 
     def _discard_oldest_segment(self) -> None:
         self._drop_oldest_segment = False

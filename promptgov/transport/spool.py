@@ -99,21 +99,39 @@ class Spool:
 
     def _open(self) -> None:
         try:
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+            if not self.directory.exists():
+                self._create_locked()
+            else:
+                self._lock_existing()
+        except SpoolUnavailable:
+            raise
         except OSError as exc:
             raise SpoolUnavailable(exc.errno, f"spool {self.directory}: {exc.strerror}") from exc
+        self._acked = self._read_ledger()
+        self._recover()
+        self._read_seq = self._acked + 1
+        self._read_pos = (0, 0)
+        self._open_writer(self._next_seq)
+
+    def _create_locked(self) -> None:
+        """Create the directory already locked: made under a hidden name, then renamed,
+        so another process looking for orphans never sees it unlocked."""
+        self.directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        staging = self.directory.with_name(f".{self.directory.name}.new")
+        staging.mkdir(mode=0o700)
+        fd = os.open(staging / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(staging, self.directory)
+        self._lock_fd = fd
+
+    def _lock_existing(self) -> None:
+        fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
             raise SpoolUnavailable(exc.errno, f"spool {self.directory} is in use") from exc
         self._lock_fd = fd
-        self._acked = self._read_ledger()
-        self._recover()
-        self._read_seq = self._acked + 1
-        self._read_pos = (0, 0)
-        self._open_writer(self._next_seq)
 
     def _read_ledger(self) -> int:
         try:
@@ -376,7 +394,8 @@ def orphaned_spools(base: Path, exclude: Path | None = None) -> list[Path]:
     """Spool directories under ``base`` whose owner is gone (their lock is free)."""
     found = []
     try:
-        candidates = sorted(p for p in base.iterdir() if p.is_dir())
+        candidates = sorted(p for p in base.iterdir()
+                            if p.is_dir() and not p.name.startswith("."))
     except OSError:
         return []
     for directory in candidates:

@@ -44,12 +44,13 @@ def emit(bootstrap: str, prefix: str, local_dir: str, count: str) -> None:
 
 def fork(bootstrap: str, prefix: str, local_dir: str, count: str, children: str) -> None:
     gov = _governor(bootstrap, prefix, local_dir)
+    parent_id = gov.producer_id
     pids = []
     for n in range(int(children)):
         pid = os.fork()
         if pid == 0:  # child: promptgov re-initialised itself after the fork
             child = promptgov.get_governor()
-            assert child is not None and child.producer_id != gov.producer_id
+            assert child is not None and child.producer_id != parent_id
             spool = child._publisher.spool
             sys.stdout.write(f"spool {spool.directory if spool else None}\n")
             _emit(child, int(count), f"child-{n}")

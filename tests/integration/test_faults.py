@@ -185,7 +185,7 @@ def test_broker_frozen_host_latency_unchanged(broker: KafkaBroker, unique_topic_
     while time.monotonic() - frozen_started < 5.0:  # longer than request_timeout_ms=3000
         emitted.add(emit(0))
         time.sleep(0.01)
-    assert gov.stats()["failed_sends"] > 0 or gov.queue_depth > 0
+    assert not gov.flush(0).complete  # the freeze really held delivery up
     broker.resume()
     report = gov.flush(120)
     assert report.complete, report
@@ -283,8 +283,9 @@ def test_fatal_records_are_dead_lettered_and_the_rest_flows(
     fault_report: Report
 ) -> None:
     gov = governor(broker, unique_topic_prefix, tmp_path, max_event_bytes=4_000_000,
-                   max_string_length=3_000_000,
-                   topic_router={"feedback": "not a valid topic!"})
+                   max_string_length=1_000_000,
+                   producer={"request_timeout_ms": 3000, "max_request_size": 200_000},
+                   topic_router=lambda kind, _: "not a valid topic!" if kind == "feedback" else "")
     emit = emitter(gov)
 
     @gov.tool(name="huge")
@@ -292,7 +293,7 @@ def test_fatal_records_are_dead_lettered_and_the_rest_flows(
         return len(text)
 
     emitted = {emit(i) for i in range(50)}
-    huge("z" * 2_000_000)  # larger than the producer's max request size
+    huge("z" * 500_000)  # larger than the producer's max request size
     too_large = promptgov.last_event_id()
     gov.feedback(target_event_id=too_large, score=0.0)  # routed to an invalid topic
     emitted |= {emit(i) for i in range(50, 100)}
