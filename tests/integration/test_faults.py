@@ -19,10 +19,10 @@ from typing import Any
 
 import orjson
 import pytest
-
-import promptgov
 from kafka_broker import KafkaBroker
 from kafka_reader import ReadBack
+
+import promptgov
 from promptgov import Governor
 
 pytestmark = pytest.mark.broker
