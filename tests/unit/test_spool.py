@@ -7,9 +7,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from local_events import read_local_events
 
 import promptgov
-from local_events import read_local_events
 from promptgov import Governor
 from promptgov.transport.spool import Spool, SpoolUnavailable, orphaned_spools
 
