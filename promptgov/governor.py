@@ -20,7 +20,7 @@ from typing import Any
 from promptgov import telemetry
 from promptgov.capture.context import current_call_var, current_interaction, last_event_var
 from promptgov.config import Settings, resolve_settings
-from promptgov.events.draft import Draft
+from promptgov.events.draft import Draft, EventRef
 from promptgov.events.ids import now_ns, uuid7
 from promptgov.governance.processor import EventProcessor, Warnings
 from promptgov.transport.dead_letter import DeadLetterFile
@@ -124,7 +124,7 @@ class Governor:
         event_type: str,
         payload: dict[str, Any],
         *,
-        parent_event_id: str | None = None,
+        parent_event_id: Any = None,
         policy: Mapping[str, Any] | None = None,
         attributes: Mapping[str, Any] | None = None,
     ) -> str:
@@ -133,19 +133,19 @@ class Governor:
         trace_id, span_id = telemetry.current_trace_ids()
         draft = Draft(
             event_type,
-            uuid7(),
+            EventRef(),
             self.next_seq(),
             now_ns(),
             payload,
             context=current_interaction(),
-            parent_event_id=parent_event_id or (call.anchor_id if call is not None else None),
+            parent_event_id=parent_event_id or (call.anchor if call is not None else None),
             trace_id=trace_id,
             span_id=span_id,
             policy=dict(policy) if policy else None,
             attributes=dict(attributes) if attributes else None,
         )
         self.emit(draft)
-        last_event_var.set(draft.event_id)
+        last_event_var.set(draft.ref)
         return draft.event_id
 
     def policy_decision(
@@ -168,7 +168,7 @@ class Governor:
             if decision not in ("allow", "block", "redact", "escalate"):
                 raise ValueError(f"unknown decision {decision!r}")
             call = current_call_var.get()
-            target = target_event_id or (call.anchor_id if call is not None else None)
+            target = target_event_id or (call.anchor if call is not None else None)
             target = target or last_event_var.get()
             payload = {"decision": decision, "target_event_id": target,
                        "reasons": [str(r) for r in reasons], "rules": [str(r) for r in rules],
@@ -216,7 +216,7 @@ class Governor:
             "last_occurred_at": format_time(gap.last_ns),
             "event_types": dict(gap.event_types),
         }
-        return Draft("gap", uuid7(), self.next_seq(), now_ns(), payload)
+        return Draft("gap", EventRef(), self.next_seq(), now_ns(), payload)
 
     # --- lifecycle ------------------------------------------------------------
 

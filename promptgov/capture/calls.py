@@ -27,12 +27,13 @@ from promptgov.capture.context import current_call_var, get_interaction, last_ev
 from promptgov.capture.streams import TracedAsyncIterator, TracedIterator
 from promptgov.events import llm_shapes
 from promptgov.events.codec import snapshot
-from promptgov.events.draft import CallSite, Draft
-from promptgov.events.ids import now_ns, uuid7
+from promptgov.events.draft import CallSite, Draft, EventRef
+from promptgov.events.ids import now_ns
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _OPERATIONS = {"llm": "chat", "retrieval": "retrieval", "tool": "execute_tool"}
+_CLOSING_EVENT = {"llm": "response", "retrieval": "retrieval", "tool": "tool_call"}
 _CANCELLED = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
 # Stack of (spec, recorder) for ``with`` blocks, per context.
 _blocks: contextvars.ContextVar[tuple[tuple[Any, Any, Any], ...]] = contextvars.ContextVar(
@@ -58,6 +59,7 @@ class CallRecorder:
         "_chunks",
         "_ctx",
         "_done",
+        "_event_ref",
         "_explicit",
         "_first_chunk_ns",
         "_gov",
@@ -73,9 +75,7 @@ class CallRecorder:
         "_start_ns",
         "_start_perf",
         "_streaming",
-        "anchor_id",
-        "event_id",
-        "prompt_event_id",
+        "anchor",
     )
 
     def __init__(self, gov: _gov.Governor, site: CallSite, streaming: bool) -> None:
@@ -84,7 +84,7 @@ class CallRecorder:
         self._streaming = streaming
         self._ctx = get_interaction()
         outer = current_call_var.get()
-        self._parent: str | None = outer.anchor_id if outer is not None else None
+        self._parent: EventRef | None = outer.anchor if outer is not None else None
         self._args: Any = ()
         self._kwargs: Any = None
         self._input: Any = None
@@ -95,9 +95,10 @@ class CallRecorder:
         self._first_chunk_ns: int | None = None
         self._prompt_sent = False
         self._done = False
-        self.event_id: str | None = None
-        self.anchor_id = uuid7()
-        self.prompt_event_id: str | None = self.anchor_id if site.kind == "llm" else None
+        self._event_ref: EventRef | None = None
+        # The id nested events name as their parent: the prompt for an LLM call,
+        # the call's own (closing) event otherwise.
+        self.anchor = EventRef()
         self._span: trace.Span | None = None
         if gov.settings.tracing:
             ctx = self._ctx
@@ -108,6 +109,22 @@ class CallRecorder:
         self._span_ids = ids
         self._start_ns = now_ns()
         self._start_perf = time.perf_counter_ns()
+
+    @property
+    def anchor_id(self) -> str:
+        """The id nested events name as their parent."""
+        return self.anchor.id
+
+    @property
+    def prompt_event_id(self) -> str | None:
+        """The prompt event's id (LLM calls)."""
+        return self.anchor.id if self._site.kind == "llm" else None
+
+    @property
+    def event_id(self) -> str | None:
+        """The closing event's id (response, retrieval or tool_call), once the call ended."""
+        ref = self._event_ref
+        return None if ref is None else ref.id
 
     # --- explicit recording (with blocks, current_call()) -----------------------------
 
@@ -261,20 +278,19 @@ class CallRecorder:
         if site.kind == "llm":
             if not self._prompt_sent:
                 self._send_prompt()
-            payload["prompt_event_id"] = self.prompt_event_id
+            payload["prompt_event_id"] = self.anchor
             payload["ttft_ns"] = None if self._first_chunk_ns is None else \
                 self._first_chunk_ns - self._start_perf
-            event_id, parent = uuid7(), self.prompt_event_id
-        else:
+            ref, parent = EventRef(), self.anchor  # type: EventRef, EventRef | None
+        else:  # the call's own event is the anchor its nested events named as parent
             payload.update(args=self._args, kwargs=self._kwargs, input=self._input,
                            documents=explicit.pop("documents", None),
                            call_id=explicit.pop("call_id", None))
-            event_id, parent = self.anchor_id, self._parent
-        event_type = {"llm": "response", "retrieval": "retrieval", "tool": "tool_call"}[site.kind]
-        self.event_id = event_id
-        self._emit(event_type, event_id, parent, payload)
+            ref, parent = self.anchor, self._parent
+        self._event_ref = ref
+        self._emit(_CLOSING_EVENT[site.kind], ref, parent, payload)
         if not from_finalizer:
-            last_event_var.set(event_id)
+            last_event_var.set(ref)
         if self._span is not None:
             _end_span(self._span, status, error, output, self._chunks)
 
@@ -285,14 +301,14 @@ class CallRecorder:
         payload = {"site": self._site, "args": self._args, "kwargs": self._kwargs,
                    "input": self._input, "messages": self._messages,
                    "streaming": self._streaming}
-        self._emit("prompt", cast(str, self.prompt_event_id), self._parent, payload)
+        self._emit("prompt", self.anchor, self._parent, payload)
 
-    def _emit(self, event_type: str, event_id: str, parent: str | None,
+    def _emit(self, event_type: str, ref: EventRef, parent: EventRef | None,
               payload: dict[str, Any]) -> None:
         gov = self._gov
         trace_id, span_id = self._span_ids
         gov.emit(Draft(
-            event_type, event_id, gov.next_seq(), now_ns(), payload,
+            event_type, ref, gov.next_seq(), now_ns(), payload,
             context=self._ctx, parent_event_id=parent, trace_id=trace_id, span_id=span_id,
             model=self._model, prompt_template=self._site.prompt_template,
         ))
@@ -301,6 +317,7 @@ class CallRecorder:
 class _NullRecorder:
     """Stands in when capture is off, so ``call.record_*`` still works."""
 
+    anchor = None
     anchor_id = None
     event_id = None
     prompt_event_id = None

@@ -41,7 +41,7 @@ current_call_var: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "promptgov_current_call", default=None
 )
 # The id of the last event emitted by this context (for feedback on a response).
-last_event_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+last_event_var: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "promptgov_last_event", default=None
 )
 
@@ -58,7 +58,8 @@ def get_interaction() -> InteractionContext | None:
 
 def last_event_id() -> str | None:
     """The id of the last event this context emitted (e.g. the response to rate)."""
-    return last_event_var.get()
+    ref = last_event_var.get()
+    return None if ref is None else str(ref.id)
 
 
 class interaction:

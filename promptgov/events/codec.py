@@ -31,31 +31,39 @@ _INT64_MIN = -(2**63)
 _UINT64_MAX = 2**64 - 1
 
 
-def snapshot(value: Any, depth: int = _SNAPSHOT_DEPTH, _memo: dict[int, Any] | None = None) -> Any:
+def snapshot(value: Any, depth: int = _SNAPSHOT_DEPTH) -> Any:
     """Copy dicts, lists and tuples (not their leaves) so later mutation is not recorded.
 
-    Shared and cyclic containers stay shared and cyclic in the copy.
+    Shared and cyclic containers stay shared and cyclic in the copy. Runs on the
+    host's thread, so leaves are handled inline, without a call each.
     """
     cls = type(value)
-    if cls is str or cls is int or cls is float or cls is bool or value is None or depth <= 0:
-        return value
     if cls is dict or cls is list or cls is tuple:
-        if _memo is None:
-            _memo = {}
-        key = id(value)
-        if key in _memo:
-            return _memo[key]
-        if cls is dict:
-            copied: dict[Any, Any] = {}
-            _memo[key] = copied
-            for k, v in value.items():
-                copied[k] = snapshot(v, depth - 1, _memo)
-            return copied
-        items: list[Any] = []
-        _memo[key] = items
-        items.extend(snapshot(v, depth - 1, _memo) for v in value)
-        return items
+        return _copy(value, depth, {})
     return value
+
+
+def _copy(value: Any, depth: int, memo: dict[int, Any]) -> Any:
+    key = id(value)
+    if key in memo:
+        return memo[key]
+    if depth <= 0:
+        return value
+    if type(value) is dict:
+        copied: dict[Any, Any] = {}
+        memo[key] = copied
+        for k, v in value.items():
+            cls = type(v)
+            copied[k] = _copy(v, depth - 1, memo) if (
+                cls is dict or cls is list or cls is tuple) else v
+        return copied
+    items: list[Any] = []
+    memo[key] = items
+    append = items.append
+    for v in value:
+        cls = type(v)
+        append(_copy(v, depth - 1, memo) if (cls is dict or cls is list or cls is tuple) else v)
+    return items
 
 
 @dataclasses.dataclass(slots=True)

@@ -2,7 +2,44 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
+
+from promptgov.events.ids import uuid7
+
+_ref_lock = threading.Lock()
+
+
+class EventRef:
+    """An event id taken on first use: on the publisher thread, unless the host asks.
+
+    Keeps UUIDv7 generation off the host's thread for the events nobody asks
+    about; ids stay unique and time-ordered (by processing time).
+    """
+
+    __slots__ = ("_id",)
+
+    def __init__(self, event_id: str | None = None) -> None:
+        self._id = event_id
+
+    @property
+    def id(self) -> str:
+        """The event id (generated now if it has none yet)."""
+        value = self._id
+        if value is None:
+            with _ref_lock:
+                value = self._id
+                if value is None:
+                    value = self._id = uuid7()
+        return value
+
+    def __repr__(self) -> str:
+        return f"EventRef({self._id!r})"
+
+
+def resolve(value: Any) -> Any:
+    """The id behind an :class:`EventRef`; anything else unchanged."""
+    return value.id if type(value) is EventRef else value
 
 
 class Draft:
@@ -16,7 +53,6 @@ class Draft:
     __slots__ = (
         "attributes",
         "context",
-        "event_id",
         "event_type",
         "model",
         "occurred_ns",
@@ -24,6 +60,7 @@ class Draft:
         "payload",
         "policy",
         "prompt_template",
+        "ref",
         "seq",
         "span_id",
         "trace_id",
@@ -32,13 +69,13 @@ class Draft:
     def __init__(
         self,
         event_type: str,
-        event_id: str,
+        ref: EventRef,
         seq: int,
         occurred_ns: int,
         payload: dict[str, Any],
         *,
         context: Any = None,
-        parent_event_id: str | None = None,
+        parent_event_id: EventRef | str | None = None,
         trace_id: str | None = None,
         span_id: str | None = None,
         model: dict[str, Any] | None = None,
@@ -47,7 +84,7 @@ class Draft:
         attributes: dict[str, Any] | None = None,
     ) -> None:
         self.event_type = event_type
-        self.event_id = event_id
+        self.ref = ref
         self.seq = seq
         self.occurred_ns = occurred_ns
         self.payload = payload
@@ -60,8 +97,13 @@ class Draft:
         self.policy = policy
         self.attributes = attributes
 
+    @property
+    def event_id(self) -> str:
+        """This event's id."""
+        return self.ref.id
+
     def __repr__(self) -> str:
-        return f"Draft({self.event_type!r}, {self.event_id!r}, seq={self.seq})"
+        return f"Draft({self.event_type!r}, {self.ref!r}, seq={self.seq})"
 
 
 class CallSite:

@@ -8,36 +8,32 @@ import time
 from datetime import datetime, timezone
 
 _lock = threading.Lock()
+_last = 0
 # random is re-seeded in forked children by the interpreter; event ids need
 # uniqueness, not secrecy.
 _getrandbits = random.getrandbits
-_last_ms = 0
-_counter = 0
+_time_ns = time.time_ns
+_RAND_B = (1 << 62) - 1
 
 
 def uuid7() -> str:
-    """A time-ordered UUIDv7 string; monotonic within the process.
+    """A time-ordered UUIDv7 string (RFC 9562), strictly increasing within the process.
 
-    48-bit Unix milliseconds, then a 12-bit counter seeded randomly each
-    millisecond (RFC 9562 method 1), then 62 random bits.
+    48-bit Unix milliseconds, 12 bits of sub-millisecond time (method 3), 62
+    random bits; when the clock does not move (or goes back) the previous id
+    plus one is used, so ids never repeat or go backwards.
     """
-    global _last_ms, _counter
-    ms = time.time_ns() // 1_000_000
-    rand = _getrandbits(74)
+    global _last
+    ns = _time_ns()
+    ms, sub = divmod(ns, 1_000_000)
+    logical = (ms << 74) | ((sub * 4096 // 1_000_000) << 62) | _getrandbits(62)
     with _lock:
-        if ms > _last_ms:
-            _last_ms = ms
-            _counter = rand >> 63  # 11 random bits: leaves room to count up
-        else:
-            ms = _last_ms
-            _counter += 1
-            if _counter > 0xFFF:  # counter exhausted: borrow the next millisecond
-                _last_ms += 1
-                ms = _last_ms
-                _counter = 0
-        counter = _counter
-    value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
-    h = f"{value:032x}"
+        if logical <= _last:
+            logical = _last + 1
+        _last = logical
+    value = ((logical >> 74) << 80) | (0x7000 | ((logical >> 62) & 0xFFF)) << 64 | (
+        0x8000000000000000 | (logical & _RAND_B))
+    h = value.to_bytes(16, "big").hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 

@@ -23,7 +23,7 @@ from promptgov import _version
 from promptgov.config import Settings
 from promptgov.events import llm_shapes
 from promptgov.events.codec import Limits, to_jsonable
-from promptgov.events.draft import CallSite, Draft
+from promptgov.events.draft import CallSite, Draft, resolve
 from promptgov.events.ids import format_time
 from promptgov.events.models import PAYLOAD_MODELS, SCHEMA_VERSION
 from promptgov.governance.redaction import DefaultRedactor, Redactor
@@ -190,7 +190,7 @@ class EventProcessor:
             "session_id": getattr(ctx, "session_id", None),
             "conversation_id": getattr(ctx, "conversation_id", None),
             "interaction_id": getattr(ctx, "interaction_id", None),
-            "parent_event_id": draft.parent_event_id,
+            "parent_event_id": resolve(draft.parent_event_id),
             "trace_id": draft.trace_id,
             "span_id": draft.span_id,
             "model": model,
@@ -217,7 +217,8 @@ class EventProcessor:
     def _payload(self, draft: Draft) -> tuple[dict[str, Any], dict[str, Any] | None]:
         raw = draft.payload
         finisher = self._finishers.get(draft.event_type) if "site" in raw else None
-        payload = finisher(raw) if finisher is not None else dict(raw)
+        payload = finisher(raw) if finisher is not None else {
+            k: resolve(v) for k, v in raw.items()}
         model = self._model(draft, raw)
         payload, codes = to_jsonable(payload, self.limits)
         self.warnings.add(codes, f"in a {draft.event_type} event")
@@ -327,7 +328,7 @@ class EventProcessor:
         return {
             "operation": site.operation,
             "function": site.function,
-            "prompt_event_id": raw["prompt_event_id"],
+            "prompt_event_id": resolve(raw["prompt_event_id"]),
             "status": raw["status"],
             "output": output,
             "response_model": fields.get("response_model"),

@@ -1,0 +1,1 @@
+"""promptgov benchmarks: ``python -m benchmarks`` (see docs/benchmarks.md)."""
