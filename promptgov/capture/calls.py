@@ -72,7 +72,6 @@ class CallRecorder:
         "_site",
         "_span",
         "_span_ids",
-        "_start_ns",
         "_start_perf",
         "_streaming",
         "anchor",
@@ -107,7 +106,6 @@ class CallRecorder:
         ids = telemetry.span_ids(self._span) if self._span is not None else \
             telemetry.current_trace_ids()
         self._span_ids = ids
-        self._start_ns = now_ns()
         self._start_perf = time.perf_counter_ns()
 
     @property
@@ -307,11 +305,13 @@ class CallRecorder:
               payload: dict[str, Any]) -> None:
         gov = self._gov
         trace_id, span_id = self._span_ids
-        gov.emit(Draft(
-            event_type, ref, gov.next_seq(), now_ns(), payload,
-            context=self._ctx, parent_event_id=parent, trace_id=trace_id, span_id=span_id,
-            model=self._model, prompt_template=self._site.prompt_template,
-        ))
+        occurred = now_ns()
+        draft = Draft(event_type, ref, next(gov._seq), occurred, payload, self._ctx, parent,
+                      trace_id, span_id, self._model, self._site.prompt_template)
+        try:
+            gov._publisher.enqueue(draft, event_type, occurred)
+        except Exception:
+            gov.count_internal_error("enqueue failed")
 
 
 class _NullRecorder:

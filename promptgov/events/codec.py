@@ -88,6 +88,8 @@ class _Converter:
         if value is None or cls is bool:
             return value
         if cls is str:
+            if value.isascii() and len(value) <= self.limits.max_string:
+                return value  # the common case: nothing to check further
             return self._string(value)
         if cls is int:
             return value if _INT64_MIN <= value <= _UINT64_MAX else self._big_int(value)
@@ -110,7 +112,7 @@ class _Converter:
             self._active.discard(key)
 
     def _container(self, value: Any, depth: int) -> JSONValue:
-        if isinstance(value, Mapping):
+        if type(value) is dict or isinstance(value, Mapping):
             out: dict[str, JSONValue] = {}
             for i, (k, v) in enumerate(value.items()):
                 if i >= self.limits.max_items:
@@ -120,7 +122,7 @@ class _Converter:
                 name = k if type(k) is str else self._key(k)
                 out[name] = self.convert(v, depth + 1)
             return out
-        if isinstance(value, (list, tuple, set, frozenset)):
+        if type(value) is list or isinstance(value, (list, tuple, set, frozenset)):
             items = list(value)
             if isinstance(value, (set, frozenset)):
                 items.sort(key=repr)

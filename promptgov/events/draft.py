@@ -73,7 +73,6 @@ class Draft:
         seq: int,
         occurred_ns: int,
         payload: dict[str, Any],
-        *,
         context: Any = None,
         parent_event_id: EventRef | str | None = None,
         trace_id: str | None = None,

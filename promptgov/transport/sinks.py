@@ -115,29 +115,40 @@ class KafkaSink:
             outcome.error = _describe(exc)
             return outcome
         in_flight: list[tuple[Record, asyncio.Future[Any]]] = []
-        for index, record in enumerate(records):
-            reason = self._unwritable.get(record.topic)
-            if reason is not None:
-                outcome.fatal.append((record, reason))
-                continue
-            try:
-                future = await asyncio.wait_for(
-                    producer.send(record.topic, record.value, key=record.key,
-                                  headers=record.headers),
-                    self._timeout,
-                )
-            except FATAL_RECORD_ERRORS as exc:
-                outcome.fatal.append((record, _describe(exc)))
-                continue
-            except Exception as exc:  # unreachable, timed out, or bad producer state
-                outcome.retry.extend(records[index:])
-                outcome.error = _describe(exc)
-                await self._after_error(exc)
-                break
-            in_flight.append((record, future))
+        done = [0]  # records handed to the producer so far
+        try:
+            # One bound for the whole hand-over: a wait_for per record costs a task each.
+            await asyncio.wait_for(self._hand_over(producer, records, in_flight, outcome, done),
+                                   self._timeout)
+        except Exception as exc:  # unreachable, timed out, or bad producer state
+            outcome.retry.extend(records[done[0]:])
+            outcome.error = _describe(exc)
+            await self._after_error(exc)
         if in_flight:
             await self._settle(in_flight, outcome)
         return outcome
+
+    async def _hand_over(
+        self,
+        producer: AIOKafkaProducer,
+        records: list[Record],
+        in_flight: list[tuple[Record, asyncio.Future[Any]]],
+        outcome: SendOutcome,
+        done: list[int],
+    ) -> None:
+        for record in records:
+            reason = self._unwritable.get(record.topic)
+            if reason is not None:
+                outcome.fatal.append((record, reason))
+            else:
+                try:
+                    future = await producer.send(record.topic, record.value, key=record.key,
+                                                 headers=record.headers)
+                except FATAL_RECORD_ERRORS as exc:
+                    outcome.fatal.append((record, _describe(exc)))
+                else:
+                    in_flight.append((record, future))
+            done[0] += 1
 
     async def _settle(
         self, in_flight: list[tuple[Record, asyncio.Future[Any]]], outcome: SendOutcome
