@@ -40,8 +40,11 @@ def _decorate(variant: str, tmp: str) -> Callable[[Any], Any]:
     if variant == "otel-span":
         from opentelemetry import trace
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-        from opentelemetry.sdk.trace.export import SpanExportResult
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
 
         class NoOpExporter(SpanExporter):
             def export(self, spans: Any) -> SpanExportResult:

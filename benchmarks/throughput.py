@@ -12,8 +12,6 @@ import time
 import uuid
 from typing import Any
 
-import orjson
-
 import promptgov
 from benchmarks.workload import COMPLETION, MESSAGES
 from promptgov.config import DEFAULT_PRODUCER
