@@ -5,7 +5,12 @@ from __future__ import annotations
 import random
 from typing import Any
 
-WORDS = ["the", "customer", "asked", "about", "their", "order", "status", "and", "the", "refund", "policy", "for", "damaged", "items", "shipped", "last", "week", "please", "summarise", "the", "context", "documents", "and", "answer", "politely", "citing", "the", "relevant", "policy", "section"]
+WORDS = (
+    "the", "customer", "asked", "about", "their", "order", "status", "and", "the", "refund",
+    "policy", "for", "damaged", "items", "shipped", "last", "week", "please", "summarise",
+    "the", "context", "documents", "and", "answer", "politely", "citing", "the", "relevant",
+    "policy", "section",
+)
 
 
 def text(size: int, seed: int) -> str:
