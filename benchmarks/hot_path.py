@@ -148,10 +148,10 @@ def measure_variant(variant: str, n: int) -> dict[str, Any]:
     return results
 
 
-def run(n: int) -> dict[str, Any]:
+def run(n: int, variants: tuple[str, ...] = VARIANTS) -> dict[str, Any]:
     """Every variant in its own subprocess; skipped when its package is not installed."""
     results: dict[str, Any] = {}
-    for variant in VARIANTS:
+    for variant in variants:
         proc = subprocess.run(
             [sys.executable, "-c",
              "import json, sys; from benchmarks.hot_path import measure_variant; "
