@@ -250,6 +250,7 @@ class Governor:
             "adopted": p.adopted,
             "spool_records": sum(sp.pending for sp in self._publisher._spools()),
             "spool_bytes": sum(sp.size_bytes for sp in self._publisher._spools()),
+            "oldest_pending_age_s": self._publisher.oldest_pending_age(),
             "internal_errors": self._internal_errors,
             "warnings": self.warnings.snapshot(),
             "last_error": p.last_error,

@@ -93,7 +93,8 @@ def register_metrics(governor: Governor) -> list[Any]:
             gov = ref()
             if gov is None:
                 return []
-            return [metrics.Observation(gov.stats()[key], attrs)]
+            value = gov.stats()[key]
+            return [] if value is None else [metrics.Observation(value, attrs)]
 
         return callback
 
@@ -123,6 +124,15 @@ def register_metrics(governor: Governor) -> list[Any]:
                                         unit="{retry}"),
         meter.create_observable_gauge("promptgov.queue.depth", [reading("queue_depth")],
                                       unit="{event}", description="Events waiting in memory"),
+        meter.create_observable_gauge("promptgov.spool.bytes", [reading("spool_bytes")],
+                                      unit="By", description="Bytes held in the spool"),
+        meter.create_observable_gauge("promptgov.spool.records", [reading("spool_records")],
+                                      unit="{event}", description="Unacknowledged spooled events"),
+        meter.create_observable_gauge("promptgov.spool.oldest_age",
+                                      [reading("oldest_pending_age_s")], unit="s",
+                                      description="Age of the oldest undelivered event"),
+        meter.create_observable_counter("promptgov.events.spilled", [reading("spilled")],
+                                        unit="{event}", description="Events moved to the spool"),
         meter.create_observable_gauge("promptgov.publish.latency", [latency], unit="ms",
                                       description="Enqueue-to-acknowledgement latency"),
     ]

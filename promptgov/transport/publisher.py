@@ -264,6 +264,23 @@ class Publisher:
         """Events accepted since start (or since the fork)."""
         return self._accepted_n
 
+    def oldest_pending_age(self) -> float | None:
+        """Seconds since the oldest undelivered event occurred (memory and spool)."""
+        times: list[int] = []
+        try:
+            times.append(self._queue[0].occurred_ns)
+        except (IndexError, AttributeError):
+            pass
+        for spool in self._spools():
+            data = spool.first_pending()
+            if data is not None:
+                try:
+                    times.append(int(orjson.loads(data).get("_ns") or 0))
+                except (ValueError, AttributeError):
+                    pass
+        times = [t for t in times if t]
+        return (time.time_ns() - min(times)) / 1e9 if times else None
+
     @property
     def queue_depth(self) -> int:
         """Drafts waiting in memory."""

@@ -257,6 +257,27 @@ class Spool:
         self._read_pos = (index, offset)
         return out
 
+    def first_pending(self) -> bytes | None:
+        """The oldest unacknowledged record's data (for the age metric), or None."""
+        with self._lock:
+            segments = [(s.path, s.size, s.last_seq) for s in self._segments]
+        acked = self._acked
+        for path, size, last_seq in segments:
+            if not last_seq or last_seq <= acked:
+                continue
+            try:
+                with path.open("rb") as handle:
+                    pos = 0
+                    while pos + _HEADER.size <= size:
+                        length, _crc, seq = _HEADER.unpack(handle.read(_HEADER.size))
+                        if seq > acked:
+                            return handle.read(length)
+                        handle.seek(length, os.SEEK_CUR)
+                        pos += _HEADER.size + length
+            except (OSError, struct.error):
+                return None
+        return None
+
     def ack(self, seq: int) -> None:
         """Every record up to ``seq`` is delivered: persist, delete finished segments."""
         if seq <= self._acked:
