@@ -23,7 +23,7 @@ from opentelemetry import trace
 
 from promptgov import governor as _gov
 from promptgov import telemetry
-from promptgov.capture.context import current_call_var, get_interaction, last_event_var
+from promptgov.capture.context import current_call_var, current_interaction, last_event_var
 from promptgov.capture.streams import TracedAsyncIterator, TracedIterator
 from promptgov.events import llm_shapes
 from promptgov.events.codec import snapshot
@@ -81,7 +81,7 @@ class CallRecorder:
         self._gov = gov
         self._site = site
         self._streaming = streaming
-        self._ctx = get_interaction()
+        self._ctx = current_interaction()
         outer = current_call_var.get()
         self._parent: EventRef | None = outer.anchor if outer is not None else None
         self._args: Any = ()

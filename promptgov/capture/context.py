@@ -51,11 +51,6 @@ def current_interaction() -> InteractionContext | None:
     return _interaction.get()
 
 
-def get_interaction() -> InteractionContext | None:
-    """Hot-path accessor (same as :func:`current_interaction`)."""
-    return _interaction.get()
-
-
 def last_event_id() -> str | None:
     """The id of the last event this context emitted (e.g. the response to rate)."""
     ref = last_event_var.get()

@@ -25,8 +25,8 @@ def _status(exc: BaseException) -> str:
     return status_for(exc)
 
 
-class TracedIterator:
-    """Wraps a generator or iterator returned by a captured call."""
+class _StreamProxy:
+    """What the sync and async proxies share: the end of the stream, recorded once."""
 
     __slots__ = ("__weakref__", "_done", "_it", "_rec")
 
@@ -34,6 +34,25 @@ class TracedIterator:
         self._it = it
         self._rec = rec
         self._done = False
+
+    def _end(self, status: str, error: BaseException | None = None,
+             finalizer: bool = False) -> None:
+        if not self._done:
+            self._done = True
+            self._rec.finish(status, error=error, from_finalizer=finalizer)
+
+    def __del__(self) -> None:
+        if not self._done:
+            self._end("abandoned", finalizer=True)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._it, name)
+
+
+class TracedIterator(_StreamProxy):
+    """Wraps a generator or iterator returned by a captured call."""
+
+    __slots__ = ()
 
     def __iter__(self) -> TracedIterator:
         return self
@@ -73,16 +92,6 @@ class TracedIterator:
         self._rec.record_chunk(chunk)
         return chunk
 
-    def _end(self, status: str, error: BaseException | None = None,
-             finalizer: bool = False) -> None:
-        if not self._done:
-            self._done = True
-            self._rec.finish(status, error=error, from_finalizer=finalizer)
-
-    def __del__(self) -> None:
-        if not self._done:
-            self._end("abandoned", finalizer=True)
-
     def __enter__(self) -> TracedIterator:
         enter = getattr(self._it, "__enter__", None)
         if enter is not None:
@@ -99,19 +108,11 @@ class TracedIterator:
             self._end("closed_early" if exc is None else _status(exc), exc)
         return result
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._it, name)
 
-
-class TracedAsyncIterator:
+class TracedAsyncIterator(_StreamProxy):
     """Wraps an async generator or async iterator returned by a captured call."""
 
-    __slots__ = ("__weakref__", "_done", "_it", "_rec")
-
-    def __init__(self, it: Any, rec: CallRecorder) -> None:
-        self._it = it
-        self._rec = rec
-        self._done = False
+    __slots__ = ()
 
     def __aiter__(self) -> TracedAsyncIterator:
         return self
@@ -153,16 +154,6 @@ class TracedAsyncIterator:
         self._rec.record_chunk(chunk)
         return chunk
 
-    def _end(self, status: str, error: BaseException | None = None,
-             finalizer: bool = False) -> None:
-        if not self._done:
-            self._done = True
-            self._rec.finish(status, error=error, from_finalizer=finalizer)
-
-    def __del__(self) -> None:
-        if not self._done:
-            self._end("abandoned", finalizer=True)
-
     async def __aenter__(self) -> TracedAsyncIterator:
         enter = getattr(self._it, "__aenter__", None)
         if enter is not None:
@@ -178,6 +169,3 @@ class TracedAsyncIterator:
         if not self._done:
             self._end("closed_early" if exc is None else _status(exc), exc)
         return result
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._it, name)
