@@ -170,6 +170,8 @@ class Publisher:
         self.spool: Spool | None = None
         if self.config.durability != "memory":
             self.spool = self._open_own_spool()
+        # Spools whose events this process accepted (they settle flush()); not adopted ones.
+        self._counted_spools = {id(self.spool)} if self.spool is not None else set()
 
     def _open_own_spool(self) -> Spool | None:
         base = self.config.spool_base
@@ -510,7 +512,7 @@ class Publisher:
 
     def _batch_from_spool(self, spool: Spool) -> _Batch:
         batch = _Batch([], {}, spool)
-        counts = spool is self.spool  # adopted events were not accepted by this process
+        counts = id(spool) in self._counted_spools  # adopted events were accepted elsewhere
         for seq, data in spool.read(self.config.batch_size):
             batch.last_seq = seq
             try:
