@@ -15,6 +15,7 @@ from typing import Any
 
 import promptgov
 from benchmarks.workload import COMPLETION, MESSAGES, PROMPT
+from promptgov.config import Settings
 
 
 def rss_mb() -> float:
@@ -59,11 +60,12 @@ def run(broker: Any, events: int) -> dict[str, Any]:
     outage = _p99_us(answer, events // 2)  # two events per call
     rss_during = rss_mb()
     stats = gov.stats()
+    emitted_before_restart = stats["emitted"]
     broker.start()
     started = time.perf_counter()
     report = gov.flush(600)
     drain = time.perf_counter() - started
-    delivered = gov.stats()["delivered"]
+    after = gov.stats()
     gov.shutdown(10)
     return {
         "events_during_outage": events,
@@ -74,8 +76,12 @@ def run(broker: Any, events: int) -> dict[str, Any]:
         "spool_mb": round(stats["spool_bytes"] / 1e6, 1),
         "memory_queue_depth": stats["queue_depth"],
         "drain_seconds": round(drain, 2),
-        "delivered_after_restart": delivered,
-        "all_delivered": report.complete,
+        "emitted_total": emitted_before_restart,
+        "delivered_total": after["delivered"],
+        "dropped_memory_full": after["dropped"],
+        "delivered_plus_dropped_equals_emitted":
+            after["delivered"] + after["dropped"] == emitted_before_restart,
+        "all_delivered": report.complete and after["dropped"] == 0,
     }
 
 
@@ -97,6 +103,7 @@ def memory_per_event(events: int) -> dict[str, Any]:
     depth = gov.queue_depth
     gov.shutdown(0.1)
     per_100k = (after - before) / max(depth, 1) * 100_000
+    default_queue = Settings.max_queue_size
     return {"events_held": depth, "rss_mb_per_100k_events": round(per_100k, 1),
-            "bound_mb_default_queue": round(per_100k, 1),  # max_queue_size default: 100,000
-            "note": "held events keep references to the call's arguments and result"}
+            "default_max_queue_size": default_queue,
+            "bound_mb_default_queue": round(per_100k * default_queue / 100_000, 1)}

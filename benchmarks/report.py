@@ -148,9 +148,9 @@ def render(results: dict[str, Any]) -> str:
         "",
         f"{memory['events_held']:,} events held in the memory queue (memory mode, broker "
         f"unreachable): {memory['rss_mb_per_100k_events']} MB RSS per 100,000 events, so "
-        f"the default bound (`max_queue_size` 100,000) is about "
-        f"{memory['bound_mb_default_queue']} MB; in spill mode the queue moves to the "
-        "spool past half of it.",
+        f"the default bound (`max_queue_size` {memory['default_max_queue_size']:,}) is about "
+        f"{memory['bound_mb_default_queue']} MB; in spill mode (the default) events move "
+        "to the spool past half of it.",
         "",
     ]
     return "\n".join(lines)

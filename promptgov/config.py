@@ -90,7 +90,7 @@ class Settings:
     fsync_interval_ms: int = 200
     when_full: WhenFull = "drop_newest"
     block_timeout_ms: int = 100
-    max_queue_size: int = 100_000
+    max_queue_size: int = 20_000
     batch_size: int = 500
     flush_interval_ms: int = 50
     max_string_length: int = 65_536

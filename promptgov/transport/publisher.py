@@ -150,6 +150,7 @@ class Publisher:
     def _init_state(self) -> None:
         self._queue: deque[Any] = deque()
         self._count_lock = threading.Lock()
+        self._move_lock = threading.Lock()
         self._accepted_n = 0
         self._settled = 0
         self._settled_cond = threading.Condition()
@@ -209,6 +210,8 @@ class Publisher:
         return True
 
     def _make_room(self, event_type: str, occurred_ns: int) -> bool:
+        if self._spill and self._move_to_spool(1):
+            return True  # spill mode: the host moves the oldest event to disk, loses nothing
         policy = self.config.when_full
         if policy == "drop_oldest":
             try:
@@ -413,6 +416,7 @@ class Publisher:
             self._adopt_orphans()
         finally:
             self._adoption_done.set()
+        watchdog = asyncio.ensure_future(self._watch_high_water()) if self._spill else None
         try:
             while True:
                 if self._stopping and (time.monotonic() >= self._deadline or not self._work()):
@@ -430,9 +434,22 @@ class Publisher:
                     logger.exception("promptgov: publisher error; continuing")
                     await asyncio.sleep(0.1)
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             self._spill_leftovers()
             await sink.close(max(self._deadline - time.monotonic(), 1.0))
             self._close_spools()
+
+    async def _watch_high_water(self) -> None:
+        """Spill mode: keep memory under the high-water mark even while a send hangs."""
+        while True:
+            await asyncio.sleep(min(self.config.flush_interval, 0.01))
+            while self.spool is not None and len(self._queue) > self._high_water:
+                before = len(self._queue)
+                self._move_to_spool(min(5000, before))
+                if len(self._queue) == before:  # the spool is full: nothing more to do
+                    break
+                await asyncio.sleep(0)  # let a hanging send make progress in between
 
     def _work(self) -> bool:
         return bool(self._queue or self._gap.count or self._adopted
@@ -493,8 +510,9 @@ class Publisher:
     def _batch_from_memory(self) -> _Batch:
         batch = _Batch([], {})
         queue = self._queue
-        for _ in range(min(self.config.batch_size, len(queue))):
-            draft = queue.popleft()
+        with self._move_lock:  # taken as a group: whatever is spilled later is newer
+            drafts = [queue.popleft() for _ in range(min(self.config.batch_size, len(queue)))]
+        for draft in drafts:
             try:
                 event = self._processor.complete(draft)
                 records = self._processor.govern(dict(event))
@@ -528,33 +546,44 @@ class Publisher:
             batch.records.extend(records)
         return batch
 
-    def _move_to_spool(self, limit: int) -> None:
-        """Spill: complete the oldest drafts and append them to the spool, in order."""
+    def _move_to_spool(self, limit: int) -> int:
+        """Spill: complete the oldest drafts and append them to the spool, in order.
+
+        Called by the publisher, and by the host when the queue is full; the lock
+        keeps the two (and batch taking) from interleaving, so order holds.
+        """
         spool = self.spool
-        assert spool is not None
+        if spool is None:
+            return 0
         queue = self._queue
         moved = 0
-        while queue and moved < limit:
-            draft = queue[0]
-            try:
-                data = orjson.dumps(self._processor.complete(draft))
-                seq = spool.append(data)
-            except OSError as exc:
-                logger.error("promptgov: spilling failed (%s); keeping events in memory", exc)
-                return
-            except Exception:
-                logger.exception("promptgov: could not spill an event; it is dead-lettered")
-                queue.popleft()
-                self._dead_letter.write_draft(draft, "processing failed")
-                self._settle(1)
-                continue
-            if seq is None:  # spool full: the memory queue keeps the rest
-                return
-            queue.popleft()
-            moved += 1
+        with self._move_lock:
+            while moved < limit:
+                try:
+                    draft = queue.popleft()
+                except IndexError:
+                    break
+                try:
+                    data = orjson.dumps(self._processor.complete(draft))
+                    seq = spool.append(data)
+                except OSError as exc:
+                    queue.appendleft(draft)
+                    logger.error("promptgov: spilling failed (%s); keeping events in memory",
+                                 exc)
+                    break
+                except Exception:
+                    logger.exception("promptgov: could not spill an event; it is dead-lettered")
+                    self._dead_letter.write_draft(draft, "processing failed")
+                    self._settle(1)
+                    continue
+                if seq is None:  # spool full: the memory queue keeps the rest
+                    queue.appendleft(draft)
+                    break
+                moved += 1
         if moved:
             self.stats.spilled += moved
             self._notify_space()
+        return moved
 
     async def _deliver(self, sink: Sink, batch: _Batch, spill_on_failure: bool) -> bool:
         """Send until every record is settled (True) or the shutdown deadline (False)."""
@@ -573,7 +602,10 @@ class Publisher:
                     outcome = await sink.send(remaining)
                     self._account(outcome)
                     remaining = outcome.retry
-                    if remaining and spill_on_failure:
+                    # Spill the failed batch, unless later events were spilled already:
+                    # then it must go first, so it is retried from memory.
+                    if remaining and spill_on_failure and not (
+                            self.spool is not None and self.spool.unread):
                         self._spill_batch(remaining, batch)
                         return True
                     if remaining:
