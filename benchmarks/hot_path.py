@@ -26,7 +26,7 @@ VARIANTS = ("promptgov-memory", "promptgov-spill", "promptgov-wal", "promptgov-n
             "otel-span", "langfuse", "langsmith")
 
 
-def _decorate(variant: str, tmp: str) -> Callable[[Any], Any]:
+def _decorate(variant: str, tmp: str, n: int) -> Callable[[Any], Any]:
     if variant.startswith("promptgov"):
         import promptgov
 
@@ -35,7 +35,10 @@ def _decorate(variant: str, tmp: str) -> Callable[[Any], Any]:
             "memory", "spill", "wal") else {"durability": "memory"}
         if variant == "promptgov-no-redaction":
             options["redactor"] = promptgov.NullRedactor()
-        gov = promptgov.Governor(app="bench", local_dir=tmp, register_atexit=False, **options)
+        # A queue that holds the whole run: this measures the cost of a call, not a
+        # publisher saturated by back-to-back calls (see the throughput and outage parts).
+        gov = promptgov.Governor(app="bench", local_dir=tmp, register_atexit=False,
+                                 max_queue_size=4 * n + 1000, **options)
         return gov.llm_call(provider="openai", model="gpt-4o-mini")  # type: ignore[no-any-return]
     if variant == "otel-span":
         from opentelemetry import trace
@@ -129,7 +132,7 @@ def _percentiles(samples: list[int]) -> dict[str, float]:
 def measure_variant(variant: str, n: int) -> dict[str, Any]:
     """Run in a subprocess: bare vs decorated, for the four shapes."""
     tmp = tempfile.mkdtemp(prefix="pg-bench-")
-    decorate = _decorate(variant, tmp)
+    decorate = _decorate(variant, tmp, n)
     results: dict[str, Any] = {}
     for shape, bare in bare_functions().items():
         wrapped = decorate(bare)

@@ -101,8 +101,10 @@ def render(results: dict[str, Any]) -> str:
         "## 1. Hot path",
         "",
         "Time of the decorated call as the host sees it, minus the bare call, calls "
-        "back to back (the publisher busy on the other core). Peers are configured as "
-        "their documentation says and pointed at a closed local port.",
+        "back to back (the publisher busy on the other core; promptgov's queue sized to "
+        "hold the run, so this is the cost of a call, not of a saturated publisher). "
+        "Peers are configured as their documentation says and pointed at a closed "
+        "local port.",
         "",
         *_hot_rows(results),
         "",
