@@ -22,6 +22,7 @@ from benchmarks.workload import MESSAGES, bare_functions
 
 CLOSED_PORT = "http://127.0.0.1:9"  # nothing listens: exporters fail locally, nothing leaves
 
+_drain: list[Callable[[], Any]] = []  # between shapes, let the publisher catch up
 VARIANTS = ("promptgov-memory", "promptgov-spill", "promptgov-wal", "promptgov-no-redaction",
             "otel-span", "langfuse", "langsmith")
 
@@ -38,7 +39,8 @@ def _decorate(variant: str, tmp: str, n: int) -> Callable[[Any], Any]:
         # A queue that holds the whole run: this measures the cost of a call, not a
         # publisher saturated by back-to-back calls (see the throughput and outage parts).
         gov = promptgov.Governor(app="bench", local_dir=tmp, register_atexit=False,
-                                 max_queue_size=4 * n + 1000, **options)
+                                 max_queue_size=8 * n + 10_000, **options)
+        _drain.append(lambda: gov.flush(600))
         return gov.llm_call(provider="openai", model="gpt-4o-mini")  # type: ignore[no-any-return]
     if variant == "otel-span":
         from opentelemetry import trace
@@ -141,6 +143,8 @@ def measure_variant(variant: str, n: int) -> dict[str, Any]:
         count = max(n // 4, 50) if stream else n
         timer(bare, count // 10 + 10, stream)  # warm up
         timer(wrapped, count // 10 + 10, stream)
+        for drain in _drain:
+            drain()
         gc.collect()
         bare_samples = timer(bare, count, stream)
         wrapped_samples = timer(wrapped, count, stream)
