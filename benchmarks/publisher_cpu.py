@@ -7,6 +7,7 @@ single words (where naive patterns backtrack).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,7 +36,11 @@ def run(n: int) -> dict[str, Any]:
     gov = promptgov.Governor(app="bench", local_dir=tempfile.mkdtemp(), register_atexit=False,
                              durability="memory")
     processor = gov._processor
-    site = CallSite("llm", "bench.answer", operation="chat")
+    def answer(messages: list[dict[str, str]], temperature: float = 0.2) -> Any:
+        return COMPLETION
+
+    site = CallSite("llm", "bench.answer", operation="chat",
+                    signature=inspect.signature(answer))
 
     def draft(kind: str, payload: dict[str, Any]) -> Draft:
         return Draft(kind, EventRef(), 1, time.time_ns(), payload)
@@ -58,9 +63,10 @@ def run(n: int) -> dict[str, Any]:
         "sha256": lambda: hashlib.sha256(value).hexdigest(),
         "govern_prompt": lambda: processor.govern(dict(completed)),
         "whole_prompt_event": lambda: processor.process(draft("prompt", dict(prompt))),
+        "whole_response_event": lambda: processor.process(draft("response", dict(response))),
     }
     per_event = {name: round(_per_call_us(fn, n), 2) for name, fn in steps.items()}
-    whole = per_event["whole_prompt_event"]
+    whole = (per_event["whole_prompt_event"] + per_event["whole_response_event"]) / 2
     result: dict[str, Any] = {
         "event_kb": round(size_kb, 2),
         "per_event_us": per_event,

@@ -116,8 +116,8 @@ def render(results: dict[str, Any]) -> str:
         "|---|---|",
         *[f"| {name} | {value} |" for name, value in cpu["per_event_us"].items()],
         "",
-        f"Whole prompt event: {cpu['per_kb_us']} µs per KB; "
-        f"{cpu['events_per_s_per_core']:,} events/s on one core.",
+        f"An LLM call's two events (prompt and response) average {cpu['per_kb_us']} µs "
+        f"per KB: {cpu['events_per_s_per_core']:,} events/s on one core.",
         "",
         "Redactor throughput (MB/s): " + ", ".join(
             f"{k.replace('_', ' ')} {v}" for k, v in cpu["redactor_mb_per_s"].items()) + ".",
