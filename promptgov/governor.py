@@ -242,6 +242,7 @@ class Governor:
             "emitted": self._publisher.accepted + p.dropped,
             "delivered": p.delivered,
             "dropped": p.dropped,
+            "dropped_by_reason": dict(p.dropped_by_reason),
             "dead_lettered": p.dead_lettered,
             "retries": p.retries,
             "failed_sends": p.failed_sends,

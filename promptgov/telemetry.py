@@ -98,6 +98,13 @@ def register_metrics(governor: Governor) -> list[Any]:
 
         return callback
 
+    def drops(options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        gov = ref()
+        if gov is None:
+            return []
+        return [metrics.Observation(count, {**attrs, "reason": reason})
+                for reason, count in gov.stats()["dropped_by_reason"].items()]
+
     def latency(options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
         gov = ref()
         if gov is None:
@@ -116,8 +123,8 @@ def register_metrics(governor: Governor) -> list[Any]:
                                         unit="{event}", description="Events acknowledged"),
         meter.create_observable_counter("promptgov.events.failed", [reading("failed_sends")],
                                         unit="{send}", description="Failed send attempts"),
-        meter.create_observable_counter("promptgov.events.dropped", [reading("dropped")],
-                                        unit="{event}", description="Events dropped (see gaps)"),
+        meter.create_observable_counter("promptgov.events.dropped", [drops], unit="{event}",
+                                        description="Events dropped, by reason (see gaps)"),
         meter.create_observable_counter("promptgov.events.dead_lettered",
                                         [reading("dead_lettered")], unit="{event}"),
         meter.create_observable_counter("promptgov.retries", [reading("retries")],

@@ -102,6 +102,7 @@ class PublisherStats:
         self.retries = 0
         self.failed_sends = 0
         self.dropped = 0
+        self.dropped_by_reason: Counter[str] = Counter()
         self.spilled = 0
         self.adopted = 0
         self.last_error: str | None = None
@@ -365,6 +366,7 @@ class Publisher:
             gap.last_ns = max(gap.last_ns, occurred_ns)
             gap.event_types[event_type] += 1
             self.stats.dropped += 1
+            self.stats.dropped_by_reason[reason] += 1
 
     def _poke(self) -> None:
         loop, wake = self._loop, self._wake
@@ -717,6 +719,7 @@ class Publisher:
             lost = self.spool.discard_oldest_segment()
             if lost:
                 self.stats.dropped += lost
+                self.stats.dropped_by_reason["spool_full_drop_oldest"] += lost
                 self._settle(lost)
                 with self._gap_lock:
                     now = time.time_ns()

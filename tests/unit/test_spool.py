@@ -182,6 +182,7 @@ def test_drop_oldest_keeps_the_newest_and_reports_the_gap(tmp_path: Path) -> Non
     (gap,) = [e for e in events if e["event_type"] == "gap"]
     assert gap["payload"]["count"] == 20
     assert gap["payload"]["reason"] == "queue_full_drop_oldest"
+    assert gov.stats()["dropped_by_reason"] == {"queue_full_drop_oldest": 20}
     gov.shutdown(5)
 
 
