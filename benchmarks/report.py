@@ -98,6 +98,22 @@ def render(results: dict[str, Any]) -> str:
         lines.append(f"| {name} | {value} | {'met' if met else '**not met**'} |")
     lines += [
         "",
+        "Where the gaps come from:",
+        "",
+        "- Hot path: an LLM call is two events on the host's thread (the prompt when it "
+        "starts, the response when it ends): copying the argument and result containers, "
+        "reading the context, two queue appends. In this back-to-back run the host also "
+        "shares the GIL with the publisher thread, busy redacting and serialising the "
+        "previous calls; the no-redaction variant shows redaction itself is not on the "
+        "hot path. `wal` pays for completing and writing each event before returning, by "
+        "design.",
+        "- Throughput: each event costs the publisher thread Python work (section 2: the "
+        "prompt event, whose 2 KB prompt holds PII, far more than the response) on top of "
+        "aiokafka's own per-record cost, all under one GIL, while the raw clients send "
+        "bytes serialised in advance. Closing the gap means moving governance off the "
+        "GIL (a process pool) or a librdkafka-based transport (confluent-kafka sends "
+        "several times faster than aiokafka here).",
+        "",
         "## 1. Hot path",
         "",
         "Time of the decorated call as the host sees it, minus the bare call, calls "
