@@ -27,7 +27,7 @@ def open_ticket(subject: str, api_key: str) -> str:  # api_key is never captured
 @promptgov.llm_call(provider="example", model="tiny-llm", prompt_template="support",
                     template_version="1")
 async def answer(messages: list[dict[str, str]]) -> AsyncIterator[str]:
-    for word in "Refunds take five business days.".split():
+    for word in ["Refunds", "take", "five", "business", "days."]:
         yield word + " "
 
 
