@@ -37,12 +37,14 @@ from promptgov.transport.publisher import DeliveryReport
 
 def policy_decision(decision: str, **kwargs: Any) -> str:
     """Record a guardrail decision with the current governor; returns the event id."""
-    return resolve_governor().policy_decision(decision, **kwargs)
+    governor = resolve_governor()
+    return governor.policy_decision(decision, **kwargs) if governor is not None else ""
 
 
 def feedback(target_event_id: str | None = None, **kwargs: Any) -> str:
     """Record feedback on an event with the current governor; returns the event id."""
-    return resolve_governor().feedback(target_event_id, **kwargs)
+    governor = resolve_governor()
+    return governor.feedback(target_event_id, **kwargs) if governor is not None else ""
 
 
 def flush(timeout: float = 10.0) -> DeliveryReport | None:

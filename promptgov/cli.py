@@ -32,7 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script and ``python -m promptgov``."""
     args = _parser().parse_args(argv)
     if args.command == "demo":
+        import logging
+
         from promptgov import demo
+
+        # The client library's retry chatter (a new topic's leader, metadata) is not news here.
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
         from promptgov.errors import ConfigurationError
 
         try:

@@ -258,8 +258,11 @@ def _bootstrap(value: Any) -> str:
     for item in cleaned:
         item = item.split("://", 1)[-1]  # tolerate PLAINTEXT://host:port
         match = _HOST_PORT_RE.match(item)
-        if match is None or not 0 < int(match.group(2)) < 65536:
+        if match is None:
             raise ConfigurationError("bootstrap_servers", f"{item!r} is not host:port", fix)
+        if not 0 < int(match.group(2)) < 65536:
+            raise ConfigurationError("bootstrap_servers",
+                                     f"{item!r}: the port is not in 1-65535", fix)
     return ",".join(item.split("://", 1)[-1] for item in cleaned)
 
 
@@ -309,6 +312,9 @@ def _producer(value: Any) -> dict[str, Any]:
 
 
 def _capture_content(value: Any) -> CaptureContent:
+    if isinstance(value, str) and value.strip().lower() in {"true", "false", "1", "0", "yes",
+                                                             "no", "on", "off"}:
+        value = _parse_bool("capture_content", value)  # from the environment
     if value is True:
         return "redacted"
     if value is False:

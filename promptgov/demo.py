@@ -199,8 +199,11 @@ def describe(event: dict[str, Any]) -> str:
         text += f" redacted: {', '.join(found)}" if found else ""
     elif kind == "response":
         usage = p.get("usage") or {}
-        text += f" {p['status']} chunks={p['chunks']} latency={p['latency_ms']:.1f}ms " \
-                f"tokens={usage.get('input_tokens')}/{usage.get('output_tokens')}"
+        text += f" {p['status']} latency={p['latency_ms']:.1f}ms"
+        if p.get("chunks"):
+            text += f" chunks={p['chunks']}"
+        if usage:
+            text += f" tokens={usage.get('input_tokens')}/{usage.get('output_tokens')}"
         if p.get("error"):
             text += f" error={p['error']['type']}"
     elif kind == "retrieval":
@@ -225,14 +228,23 @@ def run(bootstrap_servers: str | None, local_dir: str | None, out: TextIO) -> in
                         bootstrap_servers=bootstrap_servers, topic_prefix="promptgov-demo",
                         register_atexit=False)
     asyncio.run(copilot(conversation_id, governor))
-    report = governor.shutdown(30.0)
+    report = governor.shutdown(15.0 if bootstrap_servers else 30.0)
     sink = bootstrap_servers or str(directory / "events")
     out.write(f"promptgov demo: {report.delivered} events delivered to {sink} "
               f"({report.pending} pending, {report.dropped} dropped)\n\n")
+    if bootstrap_servers and report.pending:
+        out.write(f"The broker at {bootstrap_servers} did not take the events (last error: "
+                  f"{governor.stats()['last_error']}); they are kept in {directory / 'spool'} "
+                  "for the next run. Is a Kafka broker listening there?\n")
+        return 1
     if bootstrap_servers:
         topics = governor._processor.router.all_default_topics()
-        events = asyncio.run(read_kafka(bootstrap_servers, topics, conversation_id,
-                                        report.delivered))
+        try:
+            events = asyncio.run(read_kafka(bootstrap_servers, topics, conversation_id,
+                                            report.delivered))
+        except Exception as exc:
+            out.write(f"Could not read the events back from {bootstrap_servers}: {exc}\n")
+            return 1
     else:
         events = read_directory(directory / "events", conversation_id)
     for line in render_tree(events):

@@ -306,10 +306,11 @@ def _policy_ref(policy: Any) -> dict[str, Any] | None:
 
 def configure(**settings: Any) -> Governor:
     """Create the default governor (replacing and shutting down any previous one)."""
-    global _default
+    global _default, _default_failed
     governor = Governor(**settings)
     with _default_lock:
         previous, _default = _default, governor
+        _default_failed = False
     if previous is not None:
         previous.shutdown()
     return governor
@@ -320,15 +321,28 @@ def get_governor() -> Governor | None:
     return _active.get() or _default
 
 
-def resolve_governor() -> Governor:
-    """The governor to use, creating the default from the environment if needed."""
-    global _default
+_default_failed = False
+
+
+def resolve_governor() -> Governor | None:
+    """The governor to use, creating the default from the environment if needed.
+
+    None (and an error logged once) when the environment's settings are invalid:
+    capture is then off, and the host keeps running.
+    """
+    global _default, _default_failed
     governor = _active.get() or _default
-    if governor is not None:
+    if governor is not None or _default_failed:
         return governor
     with _default_lock:
-        if _default is None:
-            _default = Governor()
+        if _default is None and not _default_failed:
+            try:
+                _default = Governor()
+            except Exception as exc:
+                _default_failed = True
+                logger.error("promptgov: capture is off: no configure() call and the "
+                             "environment's settings are invalid: %s", exc)
+                return None
             logger.info("promptgov: no configure() call; using settings from the environment "
                         "(sink: %s)", _default.settings.bootstrap_servers or
                         _default.settings.local_dir)

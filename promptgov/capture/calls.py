@@ -68,6 +68,7 @@ class CallRecorder:
         "_messages",
         "_model",
         "_parent",
+        "_prompt_payload",
         "_prompt_sent",
         "_site",
         "_span",
@@ -93,6 +94,7 @@ class CallRecorder:
         self._chunks: list[Any] | None = None
         self._first_chunk_ns: int | None = None
         self._prompt_sent = False
+        self._prompt_payload: dict[str, Any] | None = None
         self._done = False
         self._event_ref: EventRef | None = None
         # The id nested events name as their parent: the prompt for an LLM call,
@@ -277,6 +279,7 @@ class CallRecorder:
             if not self._prompt_sent:
                 self._send_prompt()
             payload["prompt_event_id"] = self.anchor
+            payload["prompt_payload"] = self._prompt_payload
             payload["ttft_ns"] = None if self._first_chunk_ns is None else \
                 self._first_chunk_ns - self._start_perf
             ref, parent = EventRef(), self.anchor  # type: EventRef, EventRef | None
@@ -299,6 +302,7 @@ class CallRecorder:
         payload = {"site": self._site, "args": self._args, "kwargs": self._kwargs,
                    "input": self._input, "messages": self._messages,
                    "streaming": self._streaming}
+        self._prompt_payload = payload
         self._emit("prompt", self.anchor, self._parent, payload)
 
     def _emit(self, event_type: str, ref: EventRef, parent: EventRef | None,
@@ -397,7 +401,7 @@ class CallSpec:
     def _begin(self, site: CallSite, streaming: bool) -> CallRecorder | None:
         try:
             gov = self.governor or _gov.resolve_governor()
-            if gov._closed:
+            if gov is None or gov._closed:
                 return None
             return CallRecorder(gov, site, streaming)
         except Exception:

@@ -35,14 +35,16 @@ logger = logging.getLogger("promptgov")
 # payload fields that hold user content, per event type
 CONTENT_FIELDS: dict[str, tuple[str, ...]] = {
     "prompt": ("input", "messages"),
-    "response": ("output",),
-    "retrieval": ("query", "documents", "output"),
-    "tool_call": ("arguments", "result"),
+    "response": ("output", "error"),
+    "retrieval": ("query", "documents", "output", "error"),
+    "tool_call": ("arguments", "result", "error"),
     "feedback": ("comment",),
     "policy_decision": ("reasons",),
 }
 _SORTED = orjson.OPT_SORT_KEYS
 _NS_PER_MS = 1_000_000.0
+WITHHELD = "[withheld]"
+SECRET_PLACEHOLDER = "[REDACTED:secret]"
 
 
 class Warnings:
@@ -112,11 +114,16 @@ class EventProcessor:
         except Exception as exc:  # a bug or a hostile object: keep the event, drop content
             self.warnings.add(["processing_failed"], f"{type(exc).__name__}: {exc}")
             payload, model = self._fallback_payload(draft), None
-        return self._envelope(draft, payload, model)
+        event = self._envelope(draft, payload, model)
+        secrets = self._scrub_secrets(draft.event_type, payload)  # never kept, not even spooled
+        if secrets:
+            event["_secrets"] = secrets
+        return event
 
     def govern(self, event: dict[str, Any]) -> list[Record]:
         """Classify, redact, chain and serialise a completed event into records."""
         occurred_ns = event.pop("_ns", 0)
+        secrets = event.pop("_secrets", ())
         kind, payload = event["event_type"], event["payload"]
         mode = self.settings.capture_content
         records = []
@@ -126,6 +133,9 @@ class EventProcessor:
         else:
             shown, redaction = self._redact(kind, payload)
             classification = "redacted" if redaction is not None else "metadata"
+            if redaction is not None:
+                redaction["findings"][:0] = [{"kind": "secret", "field": path, "count": 1}
+                                             for path in secrets]
         records.append(self._record(event, shown, classification, redaction, occurred_ns))
         if mode == "raw":
             records.append(self._record(event, payload, "raw", None, occurred_ns))
@@ -232,8 +242,9 @@ class EventProcessor:
 
     def _model(self, draft: Draft, raw: dict[str, Any]) -> dict[str, Any] | None:
         site: CallSite | None = raw.get("site")
-        parts = [self.settings.model, site.model if site else None, draft.model,
-                 raw.get("_request_model")]
+        request = raw.get("_request_model") or (raw.get("prompt_payload") or {}).get(
+            "_request_model")  # a response carries the model its prompt asked for
+        parts = [self.settings.model, site.model if site else None, draft.model, request]
         merged: dict[str, Any] = {}
         parameters: dict[str, Any] = {}
         for part in parts:
@@ -431,9 +442,35 @@ class EventProcessor:
                 out[name] = [{**doc, "content": None} for doc in out[name]]
             elif name == "reasons":
                 continue
+            elif name == "error" and isinstance(out.get(name), dict):
+                out[name] = {**out[name], "message": WITHHELD}  # keep the exception type
             elif out.get(name) is not None:
                 out[name] = None
         return out
+
+    def _scrub_secrets(self, event_type: str, payload: dict[str, Any]) -> list[str]:
+        """Replace values under secret-named keys, at any depth; the paths replaced."""
+        found: list[str] = []
+        for name in CONTENT_FIELDS.get(event_type, ()):
+            if payload.get(name) is not None:
+                payload[name] = self._scrub(payload[name], f"payload.{name}", found)
+        return found
+
+    def _scrub(self, value: Any, path: str, found: list[str]) -> Any:
+        if type(value) is dict:
+            secrets = self.settings.secret_argument_names
+            out: dict[str, Any] = {}
+            for key, item in value.items():
+                child = f"{path}.{key}"
+                if key.lower() in secrets and item is not None:
+                    out[key] = SECRET_PLACEHOLDER
+                    found.append(child)
+                else:
+                    out[key] = self._scrub(item, child, found)
+            return out
+        if type(value) is list:
+            return [self._scrub(item, f"{path}[{i}]", found) for i, item in enumerate(value)]
+        return value
 
 
 def _error(exc: Any) -> dict[str, str] | None:

@@ -558,3 +558,85 @@ def test_every_event_validates_and_round_trips(local_gov: Governor, events: Even
 def test_unknown_decorator_option_is_a_clear_error() -> None:
     with pytest.raises(TypeError, match="unknown option"):
         llm_call(modle="typo")
+
+
+# --- content that hides in unexpected places ---------------------------------------------
+
+
+def test_exception_messages_are_redacted_or_withheld(tmp_path: Path) -> None:
+    for mode, expected in (("redacted", "[REDACTED:email]"), ("metadata", "[withheld]")):
+        gov = Governor(local_dir=tmp_path / mode, capture_content=mode, register_atexit=False)
+
+        @gov.llm_call
+        def answer(q: str) -> str:
+            raise RuntimeError("user bob@example.com said no")
+
+        with pytest.raises(RuntimeError):
+            answer("q")
+        assert gov.flush(10).complete
+        response = of_type(read_local_events(tmp_path / mode), "response")[0]
+        error = response["payload"]["error"]
+        assert error["type"] == "RuntimeError"
+        assert "bob@example.com" not in error["message"] and expected in error["message"]
+        gov.shutdown(5)
+
+
+def test_secret_named_keys_are_scrubbed_at_any_depth(tmp_path: Path) -> None:
+    gov = Governor(local_dir=tmp_path, durability="wal", register_atexit=False)
+
+    @gov.tool
+    def lookup(user_id: str, options: dict[str, Any]) -> dict[str, Any]:
+        return {"rows": 1, "credentials": {"token": "tok-123456"}}
+
+    lookup("u1", {"password": "hunter2", "nested": [{"api_key": "abc-secret"}], "page": 2})
+    with gov.tool("sql") as call:
+        call.record_request({"query": "select 1", "Password": "hunter3"})
+    assert gov.flush(10).complete
+    events = read_local_events(tmp_path)
+    first, second = events
+    assert first["payload"]["arguments"]["options"] == {
+        "password": "[REDACTED:secret]", "nested": [{"api_key": "[REDACTED:secret]"}],
+        "page": 2}
+    assert first["payload"]["result"] == {"rows": 1, "credentials": "[REDACTED:secret]"}
+    assert second["payload"]["arguments"]["Password"] == "[REDACTED:secret]"
+    fields = {f["field"] for f in first["redaction"]["findings"] if f["kind"] == "secret"}
+    assert fields == {"payload.arguments.options.password",
+                      "payload.arguments.options.nested[0].api_key",
+                      "payload.result.credentials"}
+    for raw in (tmp_path / "spool").rglob("*"):
+        if raw.is_file():
+            assert b"hunter" not in raw.read_bytes() and b"abc-secret" not in raw.read_bytes()
+    gov.shutdown(5)
+
+
+def test_response_carries_the_model_its_prompt_asked_for(local_gov: Governor,
+                                                         events: Events) -> None:
+    @llm_call(provider="openai", model="gpt-4o-mini")
+    def answer(messages: list[Any], model: str = "gpt-4o-mini", **params: Any) -> str:
+        return "ok"
+
+    answer([], model="gpt-4o", temperature=0.7)
+    prompt, response = events()
+    for event in (prompt, response):
+        assert event["model"]["name"] == "gpt-4o"
+        assert event["model"]["parameters"] == {"temperature": 0.7}
+
+
+def test_invalid_environment_turns_capture_off_without_breaking_the_host(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from promptgov import governor as gov_module
+
+    monkeypatch.setattr(gov_module, "_default", None)
+    monkeypatch.setattr(gov_module, "_default_failed", False)
+    monkeypatch.setenv("PROMPTGOV_MAX_QUEUE_SIZE", "lots")
+
+    @tool
+    def act(x: int) -> int:
+        return x * 2
+
+    assert act(21) == 42
+    assert promptgov.feedback(score=1.0) == ""
+    assert promptgov.policy_decision("allow") == ""
+    assert "capture is off" in caplog.text and "max_queue_size" in caplog.text
+    assert caplog.text.count("capture is off") == 1  # logged once

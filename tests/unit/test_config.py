@@ -100,3 +100,13 @@ def test_local_dir_is_private(tmp_path: Path) -> None:
     target = tmp_path / "private"
     resolve_settings({"local_dir": target}, {})
     assert (target.stat().st_mode & 0o777) == 0o700
+
+
+def test_capture_content_booleans_from_the_environment(tmp_path: Path) -> None:
+    settings = resolve_settings({"local_dir": tmp_path}, {"PROMPTGOV_CAPTURE_CONTENT": "false"})
+    assert settings.capture_content == "metadata"
+
+
+def test_out_of_range_port_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="port is not in 1-65535"):
+        resolve_settings({"local_dir": tmp_path, "bootstrap_servers": "localhost:99999"}, {})
