@@ -21,7 +21,7 @@ from promptgov import telemetry
 from promptgov.capture.context import current_call_var, current_interaction, last_event_var
 from promptgov.config import Settings, resolve_settings
 from promptgov.events.draft import Draft, EventRef
-from promptgov.events.ids import now_ns, uuid7
+from promptgov.events.ids import format_time, now_ns, uuid7
 from promptgov.governance.processor import EventProcessor, Warnings
 from promptgov.transport.dead_letter import DeadLetterFile
 from promptgov.transport.publisher import DeliveryReport, GapInfo, Publisher, PublisherConfig
@@ -207,8 +207,6 @@ class Governor:
             return ""
 
     def _gap_draft(self, gap: GapInfo) -> Draft:
-        from promptgov.events.ids import format_time
-
         payload = {
             "count": gap.count,
             "reason": gap.reason,

@@ -309,13 +309,8 @@ class CallRecorder:
               payload: dict[str, Any]) -> None:
         gov = self._gov
         trace_id, span_id = self._span_ids
-        occurred = now_ns()
-        draft = Draft(event_type, ref, next(gov._seq), occurred, payload, self._ctx, parent,
-                      trace_id, span_id, self._model, self._site.prompt_template)
-        try:
-            gov._publisher.enqueue(draft, event_type, occurred)
-        except Exception:
-            gov.count_internal_error("enqueue failed")
+        gov.emit(Draft(event_type, ref, gov.next_seq(), now_ns(), payload, self._ctx, parent,
+                       trace_id, span_id, self._model, self._site.prompt_template))
 
 
 class _NullRecorder:
@@ -416,17 +411,19 @@ class CallSpec:
         begin = self._begin
         wrapper: Callable[..., Any]
 
-        if inspect.isasyncgenfunction(fn):
+        if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+            proxy = TracedAsyncIterator if inspect.isasyncgenfunction(fn) else TracedIterator
+
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 rec = _started(begin(site, True), args, kwargs)
                 if rec is None:
                     return fn(*args, **kwargs)
                 try:
-                    agen = fn(*args, **kwargs)
+                    stream = fn(*args, **kwargs)
                 except BaseException as exc:
                     rec.fail(exc)
                     raise
-                return TracedAsyncIterator(agen, rec)
+                return proxy(stream, rec)
 
         elif inspect.iscoroutinefunction(fn):
             async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -442,18 +439,6 @@ class CallSpec:
                     raise
                 rec.exit(tokens)
                 return rec.succeed(result)
-
-        elif inspect.isgeneratorfunction(fn):
-            def wrapper(*args: Any, **kwargs: Any) -> Any:
-                rec = _started(begin(site, True), args, kwargs)
-                if rec is None:
-                    return fn(*args, **kwargs)
-                try:
-                    gen = fn(*args, **kwargs)
-                except BaseException as exc:
-                    rec.fail(exc)
-                    raise
-                return TracedIterator(gen, rec)
 
         else:
             def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -231,7 +231,3 @@ def canonical_json(value: BaseModel | Mapping[str, Any]) -> bytes:
         value = value.model_dump(mode="json")
     return orjson.dumps(value, option=_SORTED)
 
-
-def content_hash(value: Any) -> str:
-    """``sha256:<hex>`` of the canonical JSON of a JSON value."""
-    return "sha256:" + hashlib.sha256(orjson.dumps(value, option=_SORTED)).hexdigest()
