@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
 from promptgov.events.ids import uuid7
 
 _ref_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child gets a fresh lock: the parent's may have been copied while held."""
+    global _ref_lock
+    _ref_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class EventRef:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -9,9 +10,11 @@ from datetime import datetime, timezone
 
 _lock = threading.Lock()
 _last = 0
-# random is re-seeded in forked children by the interpreter; event ids need
+# A generator of our own (seeded from os.urandom), never the host's global one:
+# drawing from ``random`` would shift the host's seeded sequences. Event ids need
 # uniqueness, not secrecy.
-_getrandbits = random.getrandbits
+_rng = random.Random()
+_getrandbits = _rng.getrandbits
 _time_ns = time.time_ns
 _RAND_B = (1 << 62) - 1
 
@@ -35,6 +38,21 @@ def uuid7() -> str:
         0x8000000000000000 | (logical & _RAND_B))
     h = value.to_bytes(16, "big").hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _after_fork_in_child() -> None:
+    """A forked child: a fresh lock (the parent's may have been copied while held) and
+    a re-seeded generator, so parent and child never draw the same ids."""
+    global _lock, _last
+    _lock = threading.Lock()
+    _rng.seed()
+    # Also leave the parent's "previous id + 1" path: if neither clock moves, the
+    # parent and the child would otherwise both take ``_last + 1``.
+    _last += 1 + _rng.getrandbits(40)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def uuid7_time(event_id: str) -> datetime:
