@@ -18,7 +18,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from promptgov import telemetry
-from promptgov.capture.context import current_call_var, current_interaction, last_event_var
+from promptgov.capture.context import (
+    current_interaction,
+    enclosing_call,
+    last_event_ref,
+    note_last_event,
+)
 from promptgov.config import Settings, resolve_settings
 from promptgov.events.draft import Draft, EventRef
 from promptgov.events.ids import format_time, now_ns, uuid7
@@ -128,8 +133,12 @@ class Governor:
         policy: Mapping[str, Any] | None = None,
         attributes: Mapping[str, Any] | None = None,
     ) -> str:
-        """Emit an event of any kind from a payload dict; returns its event id."""
-        call = current_call_var.get()
+        """Emit an event of any kind from a payload dict; returns its event id.
+
+        The parent defaults to the enclosing call, if it belongs to the current interaction.
+        """
+        ctx = current_interaction()
+        call = enclosing_call()
         trace_id, span_id = telemetry.current_trace_ids()
         draft = Draft(
             event_type,
@@ -137,7 +146,7 @@ class Governor:
             self.next_seq(),
             now_ns(),
             payload,
-            context=current_interaction(),
+            context=ctx,
             parent_event_id=parent_event_id or (call.anchor if call is not None else None),
             trace_id=trace_id,
             span_id=span_id,
@@ -145,7 +154,7 @@ class Governor:
             attributes=dict(attributes) if attributes else None,
         )
         self.emit(draft)
-        last_event_var.set(draft.ref)
+        note_last_event(ctx, draft.ref)
         return draft.event_id
 
     def policy_decision(
@@ -162,14 +171,15 @@ class Governor:
         """Record a guardrail decision (allow/block/redact/escalate); returns its event id.
 
         ``target_event_id`` defaults to the enclosing call's prompt, else the
-        last event of this context. Reasons must not contain user content.
+        last event of this context, both only from the current interaction.
+        Reasons must not contain user content.
         """
         try:
             if decision not in ("allow", "block", "redact", "escalate"):
                 raise ValueError(f"unknown decision {decision!r}")
-            call = current_call_var.get()
+            call = enclosing_call()
             target = target_event_id or (call.anchor if call is not None else None)
-            target = target or last_event_var.get()
+            target = target or last_event_ref()
             payload = {"decision": decision, "target_event_id": target,
                        "reasons": [str(r) for r in reasons], "rules": [str(r) for r in rules],
                        "score": None if score is None else float(score)}
@@ -191,9 +201,10 @@ class Governor:
         name: str = "user_feedback",
         attributes: Mapping[str, Any] | None = None,
     ) -> str:
-        """Record feedback on an event (default: the last event of this context)."""
+        """Record feedback on an event (default: the last event of this context in the
+        current interaction)."""
         try:
-            target = target_event_id or last_event_var.get()
+            target = target_event_id or last_event_ref()
             if not target:
                 raise ValueError("feedback needs a target_event_id")
             payload = {"target_event_id": target, "name": name,

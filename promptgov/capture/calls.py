@@ -23,7 +23,12 @@ from opentelemetry import trace
 
 from promptgov import governor as _gov
 from promptgov import telemetry
-from promptgov.capture.context import current_call_var, current_interaction, last_event_var
+from promptgov.capture.context import (
+    InteractionContext,
+    current_call_var,
+    current_interaction,
+    note_last_event,
+)
 from promptgov.capture.streams import TracedAsyncIterator, TracedIterator
 from promptgov.events import llm_shapes
 from promptgov.events.codec import snapshot
@@ -83,8 +88,9 @@ class CallRecorder:
         self._site = site
         self._streaming = streaming
         self._ctx = current_interaction()
-        outer = current_call_var.get()
-        self._parent: EventRef | None = outer.anchor if outer is not None else None
+        outer = current_call_var.get()  # a parent only from the same interaction
+        self._parent: EventRef | None = outer.anchor if (
+            outer is not None and outer._ctx is self._ctx) else None
         self._args: Any = ()
         self._kwargs: Any = None
         self._input: Any = None
@@ -109,6 +115,11 @@ class CallRecorder:
             telemetry.current_trace_ids()
         self._span_ids = ids
         self._start_perf = time.perf_counter_ns()
+
+    @property
+    def interaction(self) -> InteractionContext | None:
+        """The interaction this call belongs to (current when it started)."""
+        return self._ctx
 
     @property
     def anchor_id(self) -> str:
@@ -291,7 +302,7 @@ class CallRecorder:
         self._event_ref = ref
         self._emit(_CLOSING_EVENT[site.kind], ref, parent, payload)
         if not from_finalizer:
-            last_event_var.set(ref)
+            note_last_event(self._ctx, ref)
         if self._span is not None:
             _end_span(self._span, status, error, output, self._chunks)
 

@@ -4,6 +4,11 @@ Context variables follow ``await`` and ``asyncio.create_task`` by themselves,
 and ``asyncio.to_thread``; plain thread pools and ``loop.run_in_executor`` do
 not copy them, so :func:`bind_context` and :class:`ContextThreadPoolExecutor`
 carry them across.
+
+Nothing is taken from another interaction: an enclosing call is a parent, and
+the last event a default target, only if they belong to the current interaction
+(a context outlives its interactions: a worker thread serves request after
+request).
 """
 
 from __future__ import annotations
@@ -33,27 +38,49 @@ class InteractionContext:
     attributes: Mapping[str, Any] | None = None
 
 
-_interaction: contextvars.ContextVar[InteractionContext | None] = contextvars.ContextVar(
+interaction_var: contextvars.ContextVar[InteractionContext | None] = contextvars.ContextVar(
     "promptgov_interaction", default=None
 )
-# The call whose events are the parent of anything emitted inside it.
+# The call whose events are the parent of anything emitted inside it (a CallRecorder).
 current_call_var: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "promptgov_current_call", default=None
 )
-# The id of the last event emitted by this context (for feedback on a response).
-last_event_var: contextvars.ContextVar[Any] = contextvars.ContextVar(
-    "promptgov_last_event", default=None
-)
+# The last event emitted by this context, with the interaction it belongs to (for
+# feedback on a response): (InteractionContext | None, EventRef).
+last_event_var: contextvars.ContextVar[tuple[InteractionContext | None, Any] | None] = \
+    contextvars.ContextVar("promptgov_last_event", default=None)
 
 
 def current_interaction() -> InteractionContext | None:
     """The interaction active in this context, if any."""
-    return _interaction.get()
+    return interaction_var.get()
+
+
+def enclosing_call() -> Any:
+    """The captured call around this code, if it belongs to the current interaction."""
+    call = current_call_var.get()
+    if call is not None and call.interaction is interaction_var.get():
+        return call
+    return None
+
+
+def note_last_event(ctx: InteractionContext | None, ref: Any) -> None:
+    """Remember ``ref`` (an accepted event of interaction ``ctx``) as this context's last."""
+    last_event_var.set((ctx, ref))
+
+
+def last_event_ref() -> Any:
+    """The last event this context emitted in the current interaction (an EventRef), if any."""
+    last = last_event_var.get()
+    if last is None or last[0] is not interaction_var.get():
+        return None
+    return last[1]
 
 
 def last_event_id() -> str | None:
-    """The id of the last event this context emitted (e.g. the response to rate)."""
-    ref = last_event_var.get()
+    """The id of the last event this context emitted in the current interaction (e.g. the
+    response to rate); None outside the interaction that emitted it."""
+    ref = last_event_ref()
     return None if ref is None else str(ref.id)
 
 
@@ -75,7 +102,7 @@ class interaction:
         interaction_id: str | None = None,
         attributes: Mapping[str, Any] | None = None,
     ) -> None:
-        outer = _interaction.get()
+        outer = interaction_var.get()
         inherited_attrs = dict(outer.attributes or {}) if outer else {}
         inherited_attrs.update(attributes or {})
         self.context = InteractionContext(
@@ -86,7 +113,8 @@ class interaction:
             tenant_id=_text(tenant_id) or (outer.tenant_id if outer else None),
             attributes=inherited_attrs or None,
         )
-        self._tokens: list[contextvars.Token[InteractionContext | None]] = []
+        # Per entry: the token, and this context's last event when it was entered.
+        self._tokens: list[tuple[contextvars.Token[InteractionContext | None], Any]] = []
 
     @property
     def interaction_id(self) -> str:
@@ -94,7 +122,7 @@ class interaction:
         return self.context.interaction_id
 
     def __enter__(self) -> InteractionContext:
-        self._tokens.append(_interaction.set(self.context))
+        self._tokens.append((interaction_var.set(self.context), last_event_var.get()))
         return self.context
 
     def __exit__(
@@ -103,11 +131,19 @@ class interaction:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        token = self._tokens.pop()
+        token, outer_last = self._tokens.pop()
         try:
-            _interaction.reset(token)
-        except ValueError:  # exited in another context (e.g. a generator moved tasks)
-            _interaction.set(token.old_value if token.old_value is not token.MISSING else None)
+            interaction_var.reset(token)
+        except ValueError:
+            # Exited in another context than it was entered in: a generator that
+            # opened it, closed by another thread or task (or the garbage collector).
+            # That context's interaction is its own business, unless it is this one.
+            if interaction_var.get() is not self.context:
+                return
+            interaction_var.set(None if token.old_value is token.MISSING else token.old_value)
+        last = last_event_var.get()
+        if last is not None and last[0] is self.context:  # back to the outer's last event
+            last_event_var.set(outer_last)
 
     async def __aenter__(self) -> InteractionContext:
         return self.__enter__()

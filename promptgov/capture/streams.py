@@ -6,14 +6,21 @@ raised (``error``), cancelled, closed early by the consumer
 (``abandoned``). The last case runs in ``__del__``, possibly in another
 task's or thread's context, so it touches no context variable.
 Everything else is forwarded to the wrapped object.
+
+A stream belongs to the call that created it, wherever it is consumed: while
+it runs a step of its body (``next``, ``send``, ``close``...), that call is
+the current call and the creator's interaction the current interaction. An
+interaction the body opens itself stays the body's, from step to step, and
+never shows in the consumer's context.
 """
 
 from __future__ import annotations
 
+import contextvars
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from promptgov.capture.context import current_call_var
+from promptgov.capture.context import InteractionContext, current_call_var, interaction_var
 
 if TYPE_CHECKING:
     from promptgov.capture.calls import CallRecorder
@@ -28,12 +35,25 @@ def _status(exc: BaseException) -> str:
 class _StreamProxy:
     """What the sync and async proxies share: the end of the stream, recorded once."""
 
-    __slots__ = ("__weakref__", "_done", "_it", "_rec")
+    __slots__ = ("__weakref__", "_body_ctx", "_done", "_it", "_rec")
 
     def __init__(self, it: Any, rec: CallRecorder) -> None:
         self._it = it
         self._rec = rec
         self._done = False
+        # The interaction current in the body: the creator's, until the body opens its own.
+        self._body_ctx: InteractionContext | None = rec.interaction
+
+    def _enter(self) -> tuple[contextvars.Token[Any], contextvars.Token[Any]]:
+        """Before running the body: the stream's call and interaction are current."""
+        return current_call_var.set(self._rec), interaction_var.set(self._body_ctx)
+
+    def _leave(self, tokens: tuple[contextvars.Token[Any], contextvars.Token[Any]]) -> None:
+        """After running the body: the consumer's own call and interaction are back."""
+        call_token, ctx_token = tokens
+        self._body_ctx = interaction_var.get()
+        interaction_var.reset(ctx_token)
+        current_call_var.reset(call_token)
 
     def _end(self, status: str, error: BaseException | None = None,
              finalizer: bool = False) -> None:
@@ -70,15 +90,17 @@ class TracedIterator(_StreamProxy):
 
     def close(self) -> None:
         """Close the generator; the stream is recorded as closed early."""
+        tokens = self._enter()  # what the body runs on closing belongs to the stream too
         try:
             close = getattr(self._it, "close", None)
             if close is not None:
                 close()
         finally:
+            self._leave(tokens)
             self._end("closed_early")
 
     def _step(self, fn: Any, *args: Any) -> Any:
-        token = current_call_var.set(self._rec)
+        tokens = self._enter()
         try:
             chunk = fn(*args)
         except StopIteration:
@@ -88,7 +110,7 @@ class TracedIterator(_StreamProxy):
             self._end(_status(exc), exc)
             raise
         finally:
-            current_call_var.reset(token)
+            self._leave(tokens)
         self._rec.record_chunk(chunk)
         return chunk
 
@@ -130,6 +152,7 @@ class TracedAsyncIterator(_StreamProxy):
 
     async def aclose(self) -> None:
         """Close the async generator; the stream is recorded as closed early."""
+        tokens = self._enter()  # what the body runs on closing belongs to the stream too
         try:
             aclose = getattr(self._it, "aclose", None) or getattr(self._it, "close", None)
             if aclose is not None:
@@ -137,10 +160,11 @@ class TracedAsyncIterator(_StreamProxy):
                 if hasattr(result, "__await__"):
                     await result
         finally:
+            self._leave(tokens)
             self._end("closed_early")
 
     async def _step(self, fn: Any, *args: Any) -> Any:
-        token = current_call_var.set(self._rec)
+        tokens = self._enter()
         try:
             chunk = await fn(*args)
         except StopAsyncIteration:
@@ -150,7 +174,7 @@ class TracedAsyncIterator(_StreamProxy):
             self._end(_status(exc), exc)
             raise
         finally:
-            current_call_var.reset(token)
+            self._leave(tokens)
         self._rec.record_chunk(chunk)
         return chunk
 

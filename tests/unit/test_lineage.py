@@ -6,17 +6,21 @@ Also: one-shot events after shutdown, ids that leave the host's RNG alone and su
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import random
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
-from promptgov import Governor
+import promptgov
+from promptgov import Governor, interaction
 from promptgov.events import ids as ids_module
 from promptgov.events.draft import EventRef
 from promptgov.events.ids import uuid7
@@ -56,6 +60,369 @@ def run_in_thread(fn: Callable[[], Any]) -> Any:
     if errors:
         raise errors[0]
     return out[0]
+
+
+# --- targets do not outlive their interaction --------------------------------------------
+
+
+def test_sequential_interactions_in_one_thread(local_gov: Governor, events: Events) -> None:
+    @local_gov.llm_call
+    def answer(q: str) -> str:
+        return "a"
+
+    with interaction(tenant_id="A", user_id="uA"):
+        answer("q")
+        assert promptgov.last_event_id() is not None
+    with interaction(tenant_id="B", user_id="uB") as b:
+        assert promptgov.last_event_id() is None
+        assert local_gov.feedback(score=1.0) == ""  # nothing of B's to rate
+        assert promptgov.feedback(score=1.0) == ""
+        assert local_gov.policy_decision("block") != ""
+    recorded = events()
+    assert not of_type(recorded, "feedback")
+    decision = of_type(recorded, "policy_decision")[0]
+    assert decision["payload"]["target_event_id"] is None
+    assert decision["parent_event_id"] is None
+    assert (decision["interaction_id"], decision["tenant_id"]) == (b.interaction_id, "B")
+    assert_no_cross_links(recorded)
+
+
+async def test_sequential_interactions_in_one_task(local_gov: Governor, events: Events) -> None:
+    @local_gov.llm_call
+    async def answer(q: str) -> str:
+        await asyncio.sleep(0)
+        return "a"
+
+    async with interaction(tenant_id="A"):
+        await answer("q")
+    async with interaction(tenant_id="B"):
+        assert promptgov.last_event_id() is None
+        assert promptgov.feedback(score=0.0) == ""
+        promptgov.policy_decision("allow")
+    recorded = events()
+    assert not of_type(recorded, "feedback")
+    assert of_type(recorded, "policy_decision")[0]["payload"]["target_event_id"] is None
+    assert_no_cross_links(recorded)
+
+
+def test_a_reused_worker_thread_does_not_hand_one_request_the_last(
+    local_gov: Governor, events: Events
+) -> None:
+    @local_gov.llm_call
+    def answer(q: str) -> str:
+        return q
+
+    def handle(tenant: str, ask: bool) -> str:
+        with interaction(tenant_id=tenant, user_id=f"user-{tenant}"):
+            if ask:
+                answer(tenant)
+            return local_gov.feedback(score=1.0)
+
+    with ThreadPoolExecutor(1) as pool:  # one thread, one context for every task
+        assert pool.submit(handle, "A", True).result() != ""
+        assert pool.submit(handle, "B", False).result() == ""
+    recorded = events()
+    feedback = of_type(recorded, "feedback")
+    assert [f["tenant_id"] for f in feedback] == ["A"]
+    assert_no_cross_links(recorded)
+
+
+def test_nested_interaction_sees_only_its_own_events_then_restores(
+    local_gov: Governor, events: Events
+) -> None:
+    @local_gov.llm_call
+    def answer(q: str) -> str:
+        return q
+
+    with interaction(tenant_id="A"):
+        answer("outer")
+        outer_response = promptgov.last_event_id()
+        with interaction(session_id="inner"):
+            assert promptgov.last_event_id() is None
+            answer("inner")
+            assert promptgov.last_event_id() not in (None, outer_response)
+        assert promptgov.last_event_id() == outer_response
+        local_gov.feedback(score=1.0)
+    recorded = events()
+    assert of_type(recorded, "feedback")[0]["payload"]["target_event_id"] == outer_response
+    assert_no_cross_links(recorded)
+
+
+def test_calls_in_a_nested_interaction_take_no_parent_from_the_outer_one(
+    local_gov: Governor, events: Events
+) -> None:
+    @local_gov.tool
+    def lookup(x: int) -> int:
+        return x
+
+    @local_gov.llm_call
+    def agent() -> str:
+        with interaction(session_id="sub"):
+            lookup(1)
+            local_gov.policy_decision("allow")
+        lookup(2)
+        local_gov.policy_decision("allow")
+        return "done"
+
+    with interaction(tenant_id="A"):
+        agent()
+    recorded = events()
+    prompt = of_type(recorded, "prompt")[0]
+    first, second = of_type(recorded, "tool_call")
+    assert first["parent_event_id"] is None and first["session_id"] == "sub"
+    assert second["parent_event_id"] == prompt["event_id"]
+    inner_decision, outer_decision = of_type(recorded, "policy_decision")
+    assert inner_decision["payload"]["target_event_id"] == first["event_id"]
+    assert inner_decision["parent_event_id"] is None
+    assert outer_decision["payload"]["target_event_id"] == prompt["event_id"]
+    assert_no_cross_links(recorded)
+
+
+# --- interactions opened inside generators, closed elsewhere ------------------------------
+
+
+def test_generator_interaction_closed_from_another_thread(local_gov: Governor,
+                                                           events: Events) -> None:
+    @local_gov.tool
+    def step(where: str) -> str:
+        return where
+
+    def body() -> Iterator[int]:
+        with interaction(session_id="gen"):
+            yield 1
+            yield 2
+
+    def request_a() -> Iterator[int]:
+        with interaction(tenant_id="A", user_id="uA"):
+            gen = body()
+            next(gen)
+            return gen
+
+    gen = run_in_thread(request_a)
+
+    def request_b() -> bool:
+        with interaction(tenant_id="B", user_id="uB") as b:
+            gen.close()
+            same = promptgov.current_interaction() is b
+            step("b")
+        return same and promptgov.current_interaction() is None
+
+    assert run_in_thread(request_b)
+    gen2 = run_in_thread(request_a)
+
+    def no_interaction() -> Any:
+        gen2.close()
+        step("none")
+        return promptgov.current_interaction()
+
+    assert run_in_thread(no_interaction) is None
+    by_where = {e["payload"]["result"]: (e["tenant_id"], e["user_id"]) for e in events()}
+    assert by_where == {"b": ("B", "uB"), "none": (None, None)}
+
+
+async def test_async_generator_interaction_closed_from_another_task(
+    local_gov: Governor, events: Events
+) -> None:
+    @local_gov.tool
+    def step(where: str) -> str:
+        return where
+
+    async def body() -> AsyncIterator[int]:
+        async with interaction(session_id="gen"):
+            yield 1
+            yield 2
+
+    async def request_a() -> AsyncIterator[int]:
+        async with interaction(tenant_id="A", user_id="uA"):
+            agen = body()
+            await agen.__anext__()
+            return agen
+
+    agen = await asyncio.create_task(request_a())
+
+    async def request_b() -> bool:
+        async with interaction(tenant_id="B", user_id="uB") as b:
+            await agen.aclose()
+            same = promptgov.current_interaction() is b
+            step("b")
+        return same
+
+    assert await asyncio.create_task(request_b())
+    recorded = events()
+    assert [(e["tenant_id"], e["user_id"]) for e in recorded] == [("B", "uB")]
+
+
+async def test_generator_collected_in_another_task_leaves_its_context_alone(
+    local_gov: Governor, events: Events
+) -> None:
+    def body() -> Iterator[int]:
+        with interaction(session_id="gen"):
+            yield 1
+            yield 2
+
+    holder: list[Any] = []
+
+    async def request_a() -> None:
+        async with interaction(tenant_id="A"):
+            gen = body()
+            next(gen)
+            holder.append(gen)
+
+    async def request_b() -> bool:
+        async with interaction(tenant_id="B") as b:
+            holder.clear()  # the generator is finalised (closed) here
+            gc.collect()
+            return promptgov.current_interaction() is b
+
+    await asyncio.create_task(request_a())
+    assert await asyncio.create_task(request_b())
+
+
+def test_traced_generator_interaction_closed_from_another_thread(
+    local_gov: Governor, events: Events
+) -> None:
+    @local_gov.tool
+    def step(where: str) -> str:
+        return where
+
+    @local_gov.llm_call
+    def stream() -> Iterator[str]:
+        with interaction(session_id="gen"):
+            yield "a"
+            yield "b"
+
+    def request_a() -> Iterator[str]:
+        with interaction(tenant_id="A", user_id="uA"):
+            s = stream()
+            next(s)
+            return s
+
+    s = run_in_thread(request_a)
+
+    def request_b() -> bool:
+        with interaction(tenant_id="B", user_id="uB") as b:
+            s.close()
+            same = promptgov.current_interaction() is b
+            step("b")
+        return same
+
+    assert run_in_thread(request_b)
+    recorded = events()
+    assert of_type(recorded, "tool_call")[0]["tenant_id"] == "B"
+    response = of_type(recorded, "response")[0]
+    assert (response["tenant_id"], response["payload"]["status"]) == ("A", "closed_early")
+    assert_no_cross_links(recorded)
+
+
+# --- a stream belongs to the call that created it ------------------------------------------
+
+
+def test_stream_consumed_in_another_thread_keeps_its_creators_lineage(
+    local_gov: Governor, events: Events
+) -> None:
+    @local_gov.tool
+    def lookup(x: int) -> int:
+        return x
+
+    @local_gov.llm_call
+    def stream() -> Iterator[str]:
+        yield "a"
+        lookup(1)
+        local_gov.policy_decision("allow")
+        yield "b"
+
+    def request_a() -> Iterator[str]:
+        with interaction(tenant_id="A", user_id="uA"):
+            return stream()
+
+    s = run_in_thread(request_a)
+
+    def request_b() -> tuple[list[str], str]:
+        with interaction(tenant_id="B", user_id="uB"):
+            chunks = list(s)
+            rated = local_gov.feedback(score=1.0)  # A's response is not B's to rate
+            lookup(2)
+        return chunks, rated
+
+    assert run_in_thread(request_b) == (["a", "b"], "")
+    recorded = events()
+    prompt, response = of_type(recorded, "prompt")[0], of_type(recorded, "response")[0]
+    in_stream, own = of_type(recorded, "tool_call")
+    decision = of_type(recorded, "policy_decision")[0]
+    for event in (prompt, response, in_stream, decision):
+        assert (event["tenant_id"], event["user_id"]) == ("A", "uA")
+        assert event["interaction_id"] == prompt["interaction_id"]
+    assert in_stream["parent_event_id"] == prompt["event_id"]
+    assert decision["payload"]["target_event_id"] == prompt["event_id"]
+    assert (own["tenant_id"], own["parent_event_id"]) == ("B", None)
+    assert not of_type(recorded, "feedback")
+    assert_no_cross_links(recorded)
+
+
+async def test_async_stream_consumed_in_another_task_keeps_its_creators_lineage(
+    local_gov: Governor, events: Events
+) -> None:
+    @local_gov.tool
+    def lookup(x: int) -> int:
+        return x
+
+    @local_gov.llm_call
+    async def stream() -> AsyncIterator[str]:
+        yield "a"
+        await asyncio.sleep(0)
+        lookup(1)
+        yield "b"
+
+    async def request_a() -> AsyncIterator[str]:
+        async with interaction(tenant_id="A"):
+            return stream()
+
+    s = await asyncio.create_task(request_a())
+
+    async def request_b() -> list[str]:
+        async with interaction(tenant_id="B") as b:
+            chunks = [c async for c in s]
+            assert promptgov.current_interaction() is b
+            lookup(2)
+        return chunks
+
+    assert await asyncio.create_task(request_b()) == ["a", "b"]
+    recorded = events()
+    prompt = of_type(recorded, "prompt")[0]
+    in_stream, own = of_type(recorded, "tool_call")
+    assert (in_stream["tenant_id"], in_stream["parent_event_id"]) == ("A", prompt["event_id"])
+    assert (own["tenant_id"], own["parent_event_id"]) == ("B", None)
+    assert of_type(recorded, "response")[0]["tenant_id"] == "A"
+    assert_no_cross_links(recorded)
+
+
+def test_interaction_opened_in_a_stream_body_stays_in_the_body(
+    local_gov: Governor, events: Events
+) -> None:
+    @local_gov.tool
+    def lookup(x: int) -> int:
+        return x
+
+    @local_gov.llm_call
+    def stream() -> Iterator[str]:
+        with interaction(session_id="body"):
+            yield "a"
+            lookup(1)
+            yield "b"
+
+    with interaction(tenant_id="A") as a:
+        s = stream()
+        next(s)
+        assert promptgov.current_interaction() is a  # the body's interaction does not leak
+        lookup(2)
+        assert list(s) == ["b"]
+        assert promptgov.current_interaction() is a
+    recorded = events()
+    between, in_body = of_type(recorded, "tool_call")  # lookup(2) ran first
+    assert (in_body["session_id"], in_body["parent_event_id"]) == ("body", None)
+    assert between["session_id"] is None
+    assert between["interaction_id"] == a.interaction_id
+    assert_no_cross_links(recorded)
 
 
 # --- ids: the host's RNG, fork ---------------------------------------------------------------
