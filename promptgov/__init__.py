@@ -36,13 +36,15 @@ from promptgov.transport.publisher import DeliveryReport
 
 
 def policy_decision(decision: str, **kwargs: Any) -> str:
-    """Record a guardrail decision with the current governor; returns the event id."""
+    """Record a guardrail decision with the current governor; returns the event id
+    ("" if none was recorded: capture off, after shutdown, invalid arguments)."""
     governor = resolve_governor()
     return governor.policy_decision(decision, **kwargs) if governor is not None else ""
 
 
 def feedback(target_event_id: str | None = None, **kwargs: Any) -> str:
-    """Record feedback on an event with the current governor; returns the event id."""
+    """Record feedback on an event with the current governor; returns the event id
+    ("" if none was recorded: capture off, after shutdown, no target)."""
     governor = resolve_governor()
     return governor.feedback(target_event_id, **kwargs) if governor is not None else ""
 

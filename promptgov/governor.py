@@ -110,12 +110,16 @@ class Governor:
         """The next per-producer sequence number."""
         return next(self._seq)
 
-    def emit(self, draft: Draft) -> None:
-        """Hand one draft to the publisher; never blocks, never raises."""
+    def emit(self, draft: Draft) -> bool:
+        """Hand one draft to the publisher; never blocks, never raises.
+
+        False when it was not accepted (after shutdown, queue full: a counted drop).
+        """
         try:
-            self._publisher.enqueue(draft, draft.event_type, draft.occurred_ns)
+            return self._publisher.enqueue(draft, draft.event_type, draft.occurred_ns)
         except Exception:
             self.count_internal_error("enqueue failed")
+            return False
 
     def count_internal_error(self, what: str) -> None:
         """Record an SDK fault that was kept away from the host."""
@@ -136,6 +140,8 @@ class Governor:
         """Emit an event of any kind from a payload dict; returns its event id.
 
         The parent defaults to the enclosing call, if it belongs to the current interaction.
+        Returns "" when the event was not accepted (after shutdown, queue full: the
+        drop is counted in :meth:`stats`).
         """
         ctx = current_interaction()
         call = enclosing_call()
@@ -153,7 +159,8 @@ class Governor:
             policy=dict(policy) if policy else None,
             attributes=dict(attributes) if attributes else None,
         )
-        self.emit(draft)
+        if not self.emit(draft):
+            return ""
         note_last_event(ctx, draft.ref)
         return draft.event_id
 
@@ -168,7 +175,8 @@ class Governor:
         score: float | None = None,
         attributes: Mapping[str, Any] | None = None,
     ) -> str:
-        """Record a guardrail decision (allow/block/redact/escalate); returns its event id.
+        """Record a guardrail decision (allow/block/redact/escalate); returns its event id
+        ("" if none was recorded).
 
         ``target_event_id`` defaults to the enclosing call's prompt, else the
         last event of this context, both only from the current interaction.
@@ -202,7 +210,7 @@ class Governor:
         attributes: Mapping[str, Any] | None = None,
     ) -> str:
         """Record feedback on an event (default: the last event of this context in the
-        current interaction)."""
+        current interaction); returns its event id ("" if none was recorded)."""
         try:
             target = target_event_id or last_event_ref()
             if not target:

@@ -300,8 +300,8 @@ class CallRecorder:
                            call_id=explicit.pop("call_id", None))
             ref, parent = self.anchor, self._parent
         self._event_ref = ref
-        self._emit(_CLOSING_EVENT[site.kind], ref, parent, payload)
-        if not from_finalizer:
+        accepted = self._emit(_CLOSING_EVENT[site.kind], ref, parent, payload)
+        if accepted and not from_finalizer:
             note_last_event(self._ctx, ref)
         if self._span is not None:
             _end_span(self._span, status, error, output, self._chunks)
@@ -317,10 +317,10 @@ class CallRecorder:
         self._emit("prompt", self.anchor, self._parent, payload)
 
     def _emit(self, event_type: str, ref: EventRef, parent: EventRef | None,
-              payload: dict[str, Any]) -> None:
+              payload: dict[str, Any]) -> bool:
         gov = self._gov
         trace_id, span_id = self._span_ids
-        gov.emit(Draft(event_type, ref, gov.next_seq(), now_ns(), payload, self._ctx, parent,
+        return gov.emit(Draft(event_type, ref, gov.next_seq(), now_ns(), payload, self._ctx, parent,
                        trace_id, span_id, self._model, self._site.prompt_template))
 
 

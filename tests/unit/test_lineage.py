@@ -15,15 +15,17 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
+from local_events import read_local_events
 
 import promptgov
 from promptgov import Governor, interaction
 from promptgov.events import ids as ids_module
-from promptgov.events.draft import EventRef
-from promptgov.events.ids import uuid7
+from promptgov.events.draft import Draft, EventRef
+from promptgov.events.ids import now_ns, uuid7
 
 Events = Callable[[], list[dict[str, Any]]]
 
@@ -423,6 +425,68 @@ def test_interaction_opened_in_a_stream_body_stays_in_the_body(
     assert between["session_id"] is None
     assert between["interaction_id"] == a.interaction_id
     assert_no_cross_links(recorded)
+
+
+# --- after shutdown -------------------------------------------------------------------------
+
+
+def test_one_shot_events_after_shutdown_return_no_id_and_are_counted(tmp_path: Path) -> None:
+    gov = Governor(local_dir=tmp_path, register_atexit=False)
+
+    @gov.llm_call
+    def answer(q: str) -> str:
+        return q
+
+    with gov.use(), interaction(tenant_id="A"):
+        answer("q")
+        response_id = promptgov.last_event_id()
+        assert response_id
+        gov.shutdown(5)
+        assert gov.policy_decision("allow", target_event_id=response_id) == ""
+        assert gov.feedback(response_id, score=1.0) == ""
+        assert gov.policy_decision("block") == ""
+        assert gov.feedback(score=1.0) == ""
+        assert promptgov.policy_decision("allow") == ""
+        assert promptgov.feedback(score=1.0) == ""
+        assert gov.emit_event("feedback", {"target_event_id": response_id}) == ""
+        assert promptgov.last_event_id() == response_id
+    stats = gov.stats()
+    assert stats["dropped_by_reason"].get("shutdown") == 7
+    assert stats["internal_errors"] == 0
+
+
+def test_emit_says_whether_the_event_was_accepted(tmp_path: Path) -> None:
+    gov = Governor(local_dir=tmp_path, register_atexit=False)
+
+    def draft() -> Draft:
+        return Draft("feedback", EventRef(), gov.next_seq(), now_ns(),
+                     {"target_event_id": "x", "name": "n"})
+
+    assert gov.emit(draft()) is True
+    gov.shutdown(5)
+    assert gov.emit(draft()) is False
+
+
+def test_a_call_that_ends_after_shutdown_is_not_the_last_event(tmp_path: Path) -> None:
+    gov = Governor(local_dir=tmp_path, register_atexit=False)
+
+    @gov.llm_call
+    def answer(q: str) -> str:
+        return q
+
+    @gov.llm_call
+    def stream() -> Iterator[str]:
+        yield "a"
+
+    with interaction():
+        answer("q")
+        response_id = promptgov.last_event_id()
+        s = stream()
+        with gov.tool("late"):
+            gov.shutdown(5)
+        assert list(s) == ["a"]
+        assert promptgov.last_event_id() == response_id
+    assert len(read_local_events(tmp_path)) == 3  # prompt, response, the stream's prompt
 
 
 # --- ids: the host's RNG, fork ---------------------------------------------------------------
