@@ -14,6 +14,7 @@ import contextvars
 import functools
 import inspect
 import time
+import types
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar, cast, overload
@@ -424,17 +425,7 @@ class CallSpec:
 
         if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
             proxy = TracedAsyncIterator if inspect.isasyncgenfunction(fn) else TracedIterator
-
-            def wrapper(*args: Any, **kwargs: Any) -> Any:
-                rec = _started(begin(site, True), args, kwargs)
-                if rec is None:
-                    return fn(*args, **kwargs)
-                try:
-                    stream = fn(*args, **kwargs)
-                except BaseException as exc:
-                    rec.fail(exc)
-                    raise
-                return proxy(stream, rec)
+            wrapper = _GeneratorFunction(fn, site, begin, proxy)
 
         elif inspect.iscoroutinefunction(fn):
             async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -509,6 +500,58 @@ class CallSpec:
         tb: TracebackType | None,
     ) -> None:
         self.__exit__(exc_type, exc, tb)
+
+
+class _GeneratorFunction:
+    """A decorated (async) generator function that ``inspect`` still sees as one.
+
+    ``inspect.isgeneratorfunction`` / ``isasyncgenfunction`` accept a callable
+    that exposes the function's ``__code__``, ``__defaults__``, ``__kwdefaults__``,
+    ``__annotations__`` and ``__name__`` (frameworks choose how to drive a callable
+    by them); ``__get__`` binds it as a method, like a function. A call sends the
+    prompt event and returns the traced proxy of the stream.
+    """
+
+    def __init__(self, fn: Callable[..., Any], site: CallSite,
+                 begin: Callable[[CallSite, bool], CallRecorder | None],
+                 proxy: type[TracedIterator] | type[TracedAsyncIterator]) -> None:
+        self._fn = fn
+        self._site = site
+        self._begin = begin
+        self._proxy = proxy
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        fn = self._fn
+        rec = _started(self._begin(self._site, True), args, kwargs)
+        if rec is None:
+            return fn(*args, **kwargs)
+        try:
+            stream = fn(*args, **kwargs)
+        except BaseException as exc:
+            rec.fail(exc)
+            raise
+        return self._proxy(stream, rec)
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        return self if instance is None else types.MethodType(self, instance)
+
+    @property
+    def __code__(self) -> types.CodeType:
+        return cast(types.CodeType, getattr(self._fn, "__code__"))  # noqa: B009
+
+    @property
+    def __defaults__(self) -> tuple[Any, ...] | None:
+        return cast("tuple[Any, ...] | None", getattr(self._fn, "__defaults__"))  # noqa: B009
+
+    @property
+    def __kwdefaults__(self) -> dict[str, Any] | None:
+        return cast("dict[str, Any] | None", getattr(self._fn, "__kwdefaults__"))  # noqa: B009
+
+    def __reduce__(self) -> str:  # pickled by name, like the function it replaces
+        return cast(str, getattr(self, "__qualname__"))  # noqa: B009
+
+    def __repr__(self) -> str:
+        return f"<traced function {getattr(self, '__qualname__', '?')} at {id(self):#x}>"
 
 
 def _started(rec: CallRecorder | None, args: tuple[Any, ...],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import os
 import random
 import threading
@@ -591,3 +592,114 @@ def test_fork_while_another_thread_takes_ids_never_hangs_the_child(
         stop.set()
         thread.join(10)
     assert (hung, failed) == (0, 0)
+
+
+# --- decorated generator functions are still generator functions ------------------------------
+
+
+def test_decorated_generator_functions_stay_generator_functions(
+    local_gov: Governor, events: Events
+) -> None:
+    @promptgov.llm_call(model="m")
+    def gen(q: str, n: int = 2, *, sep: str = "") -> Iterator[str]:
+        yield from [q] * n
+
+    @promptgov.llm_call
+    async def agen(q: str) -> AsyncIterator[str]:
+        yield q
+
+    class Bot:
+        @promptgov.llm_call
+        def method(self, q: str) -> Iterator[str]:
+            yield q
+
+        @promptgov.llm_call
+        async def amethod(self, q: str) -> AsyncIterator[str]:
+            yield q
+
+        @promptgov.llm_call
+        @staticmethod
+        def static(q: str) -> Iterator[str]:
+            yield q
+
+        @staticmethod
+        @promptgov.llm_call
+        async def astatic(q: str) -> AsyncIterator[str]:
+            yield q
+
+        @promptgov.llm_call
+        @classmethod
+        def cls_method(cls, q: str) -> Iterator[str]:
+            yield cls.__name__
+
+        @promptgov.llm_call
+        @classmethod
+        async def acls_method(cls, q: str) -> AsyncIterator[str]:
+            yield cls.__name__
+
+    bot = Bot()
+    for fn in (gen, bot.method, Bot.method, bot.static, Bot.static, bot.cls_method,
+               Bot.cls_method):
+        assert inspect.isgeneratorfunction(fn), fn
+        assert not inspect.isasyncgenfunction(fn), fn
+    for fn in (agen, bot.amethod, Bot.amethod, bot.astatic, Bot.astatic, bot.acls_method,
+               Bot.acls_method):
+        assert inspect.isasyncgenfunction(fn), fn
+        assert not inspect.isgeneratorfunction(fn), fn
+    assert not inspect.iscoroutinefunction(agen)
+    assert str(inspect.signature(gen)) == str(inspect.signature(gen.__wrapped__))  # type: ignore[attr-defined]
+    assert list(inspect.signature(bot.method).parameters) == ["q"]
+    assert list(inspect.signature(Bot.cls_method).parameters) == ["q"]
+    assert gen.__name__ == "gen" and gen.__qualname__.endswith("gen")
+    assert gen.__defaults__ == (2,) and gen.__kwdefaults__ == {"sep": ""}  # type: ignore[attr-defined]
+
+    assert list(gen("x")) == ["x", "x"]
+    assert list(bot.method("m")) == ["m"]
+    assert list(Bot.static("s")) == ["s"]
+    assert list(bot.cls_method("c")) == ["Bot"]
+    recorded = events()
+    prompts = of_type(recorded, "prompt")
+    assert [p["payload"]["input"] for p in prompts] == [
+        {"q": "x"}, {"q": "m"}, {"q": "s"}, {"q": "c"}]
+    assert [r["payload"]["status"] for r in of_type(recorded, "response")] == ["ok"] * 4
+
+
+async def test_decorated_generator_functions_record_as_before(
+    local_gov: Governor, events: Events
+) -> None:
+    @promptgov.llm_call
+    def gen() -> Iterator[int]:
+        yield from range(5)
+
+    @promptgov.llm_call
+    async def agen() -> AsyncIterator[int]:
+        for i in range(5):
+            yield i
+
+    kept = gen()  # the prompt is sent when the function is called
+    assert [e["event_type"] for e in events()] == ["prompt"]
+    next(kept)
+    kept.close()
+    abandoned = gen()
+    next(abandoned)
+    del abandoned
+    gc.collect()
+    akept = agen()
+    await akept.__anext__()
+    await akept.aclose()
+    assert type(kept).__name__ == "TracedIterator"
+    assert type(akept).__name__ == "TracedAsyncIterator"
+    statuses = [r["payload"]["status"] for r in of_type(events(), "response")]
+    assert statuses == ["closed_early", "abandoned", "closed_early"]
+
+
+def test_decorated_generator_function_pickles_by_name() -> None:
+    import pickle
+
+    restored = pickle.loads(pickle.dumps(_module_level_stream))
+    assert restored is _module_level_stream
+
+
+@promptgov.llm_call
+def _module_level_stream() -> Iterator[str]:
+    yield "x"
