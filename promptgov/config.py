@@ -31,6 +31,9 @@ ENV_PREFIX = "PROMPTGOV_"
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 _HOST_PORT_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
 
+# Exact names never captured. Names *like* these are matched too, by words:
+# ``openai_api_key``, ``db_password``, ``X-API-Key``, ``session_token``, ``Cookie``...
+# (promptgov.governance.secrets.is_secret_name); ``secret_argument_names`` adds exact names.
 DEFAULT_SECRET_NAMES = frozenset(
     {
         "api_key",
@@ -46,6 +49,13 @@ DEFAULT_SECRET_NAMES = frozenset(
         "refresh_token",
         "credentials",
         "private_key",
+        "passphrase",
+        "pwd",
+        "bearer",
+        "cookie",
+        "session_token",
+        "x-api-key",
+        "proxy-authorization",
     }
 )
 
@@ -212,7 +222,10 @@ def _validate(values: dict[str, Any]) -> Settings:
     if "topic_router" in values:
         values["topic_router"] = _router(values["topic_router"])
     if "secret_argument_names" in values:
-        extra = {str(n).lower() for n in values["secret_argument_names"]}
+        names = values["secret_argument_names"]
+        if isinstance(names, str):  # "a,b" (not the characters of one name)
+            names = names.split(",")
+        extra = {str(n).strip().lower() for n in names} - {""}
         values["secret_argument_names"] = DEFAULT_SECRET_NAMES | extra
     for name, allowed in (
         ("durability", ("memory", "spill", "wal")),
