@@ -46,8 +46,8 @@ def record_key(envelope: dict[str, Any]) -> bytes:
     """The conversation, else the session, else the interaction, else the event itself."""
     for name in ("conversation_id", "session_id", "interaction_id", "event_id"):
         value = envelope.get(name)
-        if value:
-            return str(value).encode("utf-8")
+        if value:  # identifiers as given (the processor made them valid UTF-8)
+            return str(value).encode("utf-8", "replace")
     return b""
 
 
@@ -64,11 +64,12 @@ def record_headers(envelope: dict[str, Any], source: str) -> list[tuple[str, byt
     event_id = envelope["event_id"]
     return [
         ("ce_specversion", b"1.0"),
-        ("ce_id", event_id.encode()),
-        ("ce_type", (CE_TYPE_PREFIX + envelope["event_type"]).encode()),
-        ("ce_source", source.encode("utf-8")),
+        ("ce_id", event_id.encode("utf-8", "replace")),
+        ("ce_type", (CE_TYPE_PREFIX + envelope["event_type"]).encode("utf-8", "replace")),
+        ("ce_source", source.encode("utf-8", "replace")),
         ("ce_time", envelope["occurred_at"].encode()),
         ("content-type", b"application/json"),
         ("promptgov_schema_version", envelope["schema_version"].encode()),
-        ("traceparent", traceparent(envelope["trace_id"], envelope["span_id"], event_id).encode()),
+        ("traceparent", traceparent(envelope["trace_id"], envelope["span_id"], event_id)
+         .encode("utf-8", "replace")),
     ]
