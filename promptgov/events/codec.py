@@ -24,6 +24,8 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
+from promptgov.hostcode import HostCodeTimeout
+
 JSONValue = Any  # dict[str, JSONValue] | list[JSONValue] | str | int | float | bool | None
 
 _SNAPSHOT_DEPTH = 6
@@ -105,7 +107,9 @@ class _Converter:
         self._active.add(key)
         try:
             return self._container(value, depth)
-        except Exception:  # a hostile __iter__/__getattr__/model_dump: never raise
+        except HostCodeTimeout:  # the watchdog's: the caller degrades the whole event
+            raise
+        except BaseException:  # a hostile __iter__/model_dump, SystemExit included: never raise
             self.warnings.append("unserialisable")
             return _safe_repr(value)
         finally:
@@ -216,7 +220,9 @@ def _type_name(value: Any) -> str:
 def _safe_repr(value: Any, limit: int = 200) -> str:
     try:
         text = repr(value)
-    except Exception:
+    except HostCodeTimeout:
+        raise
+    except BaseException:  # SystemExit, KeyboardInterrupt... from a hostile __repr__
         text = f"<{_type_name(value)}>"
     text = text.encode("utf-8", "replace").decode("utf-8")
     return text if len(text) <= limit else text[:limit] + "…"

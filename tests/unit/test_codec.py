@@ -1,0 +1,60 @@
+"""The codec: what snapshot copies on the host's thread, and what to_jsonable makes of it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import BaseModel
+
+from promptgov import hostcode
+from promptgov.events.codec import to_jsonable
+
+# --- host code never kills or hangs the publisher --------------------------------------
+
+
+def test_host_code_raising_base_exceptions_is_contained() -> None:
+    class ReprExits:
+        def __repr__(self) -> str:
+            raise SystemExit(1)
+
+    class StrInterrupts(str):
+        def __str__(self) -> str:
+            raise KeyboardInterrupt
+
+    class DumpFails(BaseModel):
+        x: int = 1
+
+        def model_dump(self, *args: Any, **kwargs: Any) -> Any:
+            raise GeneratorExit
+
+    class IterExits(list[int]):
+        def __iter__(self) -> Iterator[int]:
+            raise SystemExit(2)
+
+    value = {"repr": ReprExits(), "str": StrInterrupts("s"), "dump": DumpFails(),
+             "iter": IterExits([1])}
+    result, warnings = to_jsonable(value)
+    assert result["repr"].startswith("<") and result["repr"].endswith("ReprExits>")
+    assert result["str"] == "'s'" and result["iter"] == "[1]"
+    assert result["dump"].startswith("DumpFails(")
+    assert warnings.count("unserialisable") == 4
+    orjson.dumps(result)
+
+
+def test_the_watchdogs_timeout_is_not_swallowed() -> None:
+    class Raises:
+        def to_dict(self) -> dict[str, Any]:
+            raise hostcode.HostCodeTimeout
+
+    class Loops:
+        def __repr__(self) -> str:
+            while True:
+                pass
+
+    with pytest.raises(hostcode.HostCodeTimeout):
+        to_jsonable({"a": Raises()})
+    with pytest.raises(hostcode.HostCodeTimeout):
+        hostcode.bounded(0.1, to_jsonable, {"a": Loops()})
