@@ -123,7 +123,8 @@ class _Converter:
                     self.warnings.append("items_truncated")
                     out["<truncated>"] = f"{len(value) - i} more items"
                     break
-                name = k if type(k) is str else self._key(k)
+                name = k if type(k) is str and k.isascii() and len(
+                    k) <= self.limits.max_string else self._key(k)  # else check, truncate
                 out[name] = self.convert(v, depth + 1)
             return out
         if type(value) is list or isinstance(value, (list, tuple, set, frozenset)):

@@ -10,7 +10,23 @@ import pytest
 from pydantic import BaseModel
 
 from promptgov import hostcode
-from promptgov.events.codec import to_jsonable
+from promptgov.events.codec import Limits, snapshot, to_jsonable
+
+# --- invalid UTF-8 in keys ---------------------------------------------------------------
+
+
+def test_lone_surrogates_in_keys_are_replaced() -> None:
+    kwargs = {"\udcff": "\udcff", "caf\udce9": 1, "ok": {"inner\udcfe": 2}}
+    result, warnings = to_jsonable(snapshot(kwargs))
+    orjson.dumps(result)  # valid UTF-8 throughout
+    assert set(result) == {"?", "caf?", "ok"} and result["ok"] == {"inner?": 2}
+    assert "invalid_utf8" in warnings
+
+
+def test_long_keys_are_truncated_like_strings() -> None:
+    result, warnings = to_jsonable({"k" * 100: 1}, Limits(max_string=10))
+    assert list(result) == ["kkkkkkkkkk…<truncated 90 chars>"] and warnings == ["string_truncated"]
+
 
 # --- host code never kills or hangs the publisher --------------------------------------
 
