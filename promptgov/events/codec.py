@@ -9,7 +9,6 @@ warning code instead of raising.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import datetime as dt
 import decimal
@@ -158,7 +157,7 @@ class _Converter:
         if isinstance(value, (uuid.UUID, decimal.Decimal, complex, PurePath)):
             return str(value)
         if isinstance(value, (bytes, bytearray, memoryview)):
-            return _bytes(bytes(value))
+            return self._bytes(bytes(value))
         if isinstance(value, BaseException):
             return {"type": _type_name(value), "message": self._string(str(value))}
         for method in ("model_dump", "to_dict", "dict"):  # pydantic v1, SDK objects
@@ -169,6 +168,16 @@ class _Converter:
                     return self.convert(result, depth + 1)
         self.warnings.append("unserialisable")
         return _safe_repr(value)
+
+    def _bytes(self, value: bytes) -> dict[str, Any]:
+        """Text for the redactor to see; otherwise only the length (and a hash past 32 bytes)."""
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            if len(value) > 32:
+                return {"$bytes_length": len(value), "sha256": hashlib.sha256(value).hexdigest()}
+            return {"$bytes_length": len(value)}
+        return {"$bytes_text": self._string(text)}
 
     def _string(self, value: str) -> str:
         try:
@@ -205,12 +214,6 @@ def to_jsonable(value: Any, limits: Limits | None = None) -> tuple[JSONValue, li
     except RecursionError:
         return "<unserialisable: recursion>", ["unserialisable"]
     return result, converter.warnings
-
-
-def _bytes(value: bytes) -> dict[str, Any]:
-    if len(value) <= 256:
-        return {"$bytes": base64.b64encode(value).decode("ascii")}
-    return {"$bytes_length": len(value), "sha256": hashlib.sha256(value).hexdigest()}
 
 
 def _type_name(value: Any) -> str:

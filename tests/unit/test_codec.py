@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +12,7 @@ from pydantic import BaseModel
 
 from promptgov import hostcode
 from promptgov.events.codec import Limits, snapshot, to_jsonable
+from promptgov.governance.redaction import DefaultRedactor
 
 # --- invalid UTF-8 in keys ---------------------------------------------------------------
 
@@ -26,6 +28,25 @@ def test_lone_surrogates_in_keys_are_replaced() -> None:
 def test_long_keys_are_truncated_like_strings() -> None:
     result, warnings = to_jsonable({"k" * 100: 1}, Limits(max_string=10))
     assert list(result) == ["kkkkkkkkkk…<truncated 90 chars>"] and warnings == ["string_truncated"]
+
+
+# --- bytes -------------------------------------------------------------------------------
+
+
+def test_utf8_bytes_become_text_the_redactor_sees() -> None:
+    secret = b"mail bob@example.com please"
+    result, warnings = to_jsonable({"b": secret, "ba": bytearray(secret), "m": memoryview(secret)})
+    assert result["b"] == result["ba"] == result["m"] == {"$bytes_text": secret.decode()}
+    assert warnings == []
+    redacted, findings = DefaultRedactor().redact(result)
+    assert "bob@example.com" not in orjson.dumps(redacted).decode() and findings
+
+
+def test_other_bytes_give_their_length_and_a_hash_only_past_32_bytes() -> None:
+    short, long = b"\xff\xfe\x00", b"\xff" * 33
+    result, _ = to_jsonable({"short": short, "long": long})
+    assert result["short"] == {"$bytes_length": 3}
+    assert result["long"] == {"$bytes_length": 33, "sha256": hashlib.sha256(long).hexdigest()}
 
 
 # --- host code never kills or hangs the publisher --------------------------------------

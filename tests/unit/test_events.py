@@ -144,7 +144,7 @@ def test_to_jsonable_handles_common_and_hostile_values() -> None:
     assert result["model"] == {"x": 1}
     assert result["data"] == {"when": "2026-01-02"}
     assert result["set"] == [1, 3]
-    assert result["bytes"] == {"$bytes": "AAE="}
+    assert result["bytes"] == {"$bytes_text": "\x00\x01"}
     assert result["big"] == str(2**80)
     assert result["nan"] == "nan"
     assert result["7"] == "int key"
