@@ -16,7 +16,9 @@ import enum
 import hashlib
 import math
 import uuid
+from collections import deque
 from collections.abc import Mapping
+from itertools import islice
 from pathlib import PurePath
 from typing import Any
 
@@ -115,25 +117,33 @@ class _Converter:
             self._active.discard(key)
 
     def _container(self, value: Any, depth: int) -> JSONValue:
+        max_items = self.limits.max_items
         if type(value) is dict or isinstance(value, Mapping):
             out: dict[str, JSONValue] = {}
-            for i, (k, v) in enumerate(value.items()):
-                if i >= self.limits.max_items:
-                    self.warnings.append("items_truncated")
-                    out["<truncated>"] = f"{len(value) - i} more items"
+            max_string = self.limits.max_string
+            shown = 0
+            cut = False
+            for k, v in islice(value.items(), max_items + 1):
+                if shown == max_items:
+                    cut = True
                     break
-                name = k if type(k) is str and k.isascii() and len(
-                    k) <= self.limits.max_string else self._key(k)  # else check, truncate
+                shown += 1
+                name = k if type(k) is str and k.isascii() and len(k) <= max_string else (
+                    self._key(k))
                 out[name] = self.convert(v, depth + 1)
+            if cut:
+                out["<truncated>"] = self._more(value, shown)
             return out
-        if type(value) is list or isinstance(value, (list, tuple, set, frozenset)):
-            items = list(value)
+        if type(value) is list or isinstance(value, (list, tuple, set, frozenset, deque)):
+            items = list(islice(value, max_items + 1))
+            cut = len(items) > max_items
+            if cut:
+                del items[max_items:]
             if isinstance(value, (set, frozenset)):
-                items.sort(key=repr)
-            out_list = [self.convert(v, depth + 1) for v in items[: self.limits.max_items]]
-            if len(items) > self.limits.max_items:
-                self.warnings.append("items_truncated")
-                out_list.append(f"<truncated: {len(items) - self.limits.max_items} more items>")
+                items.sort(key=repr)  # of the first max_items in iteration order
+            out_list = [self.convert(v, depth + 1) for v in items]
+            if cut:
+                out_list.append(f"<truncated: {self._more(value, len(items))}>")
             return out_list
         if isinstance(value, enum.Enum):
             return self.convert(value.value, depth + 1)
@@ -168,6 +178,17 @@ class _Converter:
                     return self.convert(result, depth + 1)
         self.warnings.append("unserialisable")
         return _safe_repr(value)
+
+    def _more(self, value: Any, shown: int) -> str:
+        """"N more items": what ``value`` has past the ``shown`` ones; counts a warning."""
+        self.warnings.append("items_truncated")
+        try:
+            more = len(value) - shown
+        except HostCodeTimeout:
+            raise
+        except BaseException:  # a hostile __len__
+            more = 0
+        return f"{more} more items" if more > 0 else "more items"  # len() disagrees
 
     def _bytes(self, value: bytes) -> dict[str, Any]:
         """Text for the redactor to see; otherwise only the length (and a hash past 32 bytes)."""

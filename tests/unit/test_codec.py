@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -13,6 +13,63 @@ from pydantic import BaseModel
 from promptgov import hostcode
 from promptgov.events.codec import Limits, snapshot, to_jsonable
 from promptgov.governance.redaction import DefaultRedactor
+
+MAX_ITEMS = Limits().max_items
+
+# --- bounded reading ----------------------------------------------------------------
+
+
+def test_to_jsonable_reads_at_most_max_items_of_any_container() -> None:
+    pulled = {"list": 0, "set": 0, "mapping": 0}
+
+    class CountingList(list[int]):
+        def __iter__(self) -> Iterator[int]:
+            for item in super().__iter__():
+                pulled["list"] += 1
+                yield item
+
+    class CountingSet(set[int]):
+        def __iter__(self) -> Iterator[int]:
+            for item in super().__iter__():
+                pulled["set"] += 1
+                yield item
+
+    class CountingMapping(Mapping[str, int]):
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def __getitem__(self, key: str) -> int:
+            return int(key)
+
+        def __len__(self) -> int:
+            return self.n
+
+        def __iter__(self) -> Iterator[str]:
+            for i in range(self.n):
+                pulled["mapping"] += 1
+                yield str(i)
+
+    values = {"list": CountingList(range(200_000)), "set": CountingSet(range(200_000)),
+              "mapping": CountingMapping(200_000)}
+    result, warnings = to_jsonable(values)
+    assert all(n <= MAX_ITEMS + 1 for n in pulled.values()), pulled
+    assert result["list"][-1] == result["set"][-1] == "<truncated: 199000 more items>"
+    assert result["mapping"]["<truncated>"] == "199000 more items"
+    assert warnings == ["items_truncated"] * 3
+
+
+def test_an_endless_iterator_is_cut_at_max_items() -> None:
+    class Endless(list[int]):
+        def __iter__(self) -> Iterator[int]:
+            while True:
+                yield 1
+
+    endless = Endless()
+    assert snapshot(endless) is endless  # its own __iter__: not run on the host's thread
+    result, warnings = to_jsonable({"x": endless})
+    assert len(result["x"]) == MAX_ITEMS + 1 and result["x"][-1] == "<truncated: more items>"
+    assert warnings == ["items_truncated"]
+
 
 # --- invalid UTF-8 in keys ---------------------------------------------------------------
 
