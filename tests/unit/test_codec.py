@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import pytest
@@ -15,8 +16,64 @@ from promptgov.events.codec import Limits, snapshot, to_jsonable
 from promptgov.governance.redaction import DefaultRedactor
 
 MAX_ITEMS = Limits().max_items
+MAX_COPIED = Limits().max_copied
 
-# --- bounded reading ----------------------------------------------------------------
+
+def copied_items(copy: Any, original: Any, seen: set[int] | None = None) -> int:
+    """How many items snapshot copied: the items of every container of ``copy`` it made."""
+    seen = set() if seen is None else seen
+    if copy is original or id(copy) in seen:
+        return 0
+    seen.add(id(copy))
+    if isinstance(copy, dict):
+        return len(copy) + sum(copied_items(copy[k], original[k], seen) for k in copy)
+    if isinstance(copy, list) and not isinstance(original, (set, frozenset)):
+        pairs = zip(copy, original, strict=False)  # a copy cut short pairs with the first items
+        return len(copy) + sum(copied_items(c, o, seen) for c, o in pairs)
+    if isinstance(copy, (set, tuple)):
+        return len(copy)
+    return 0
+
+
+# --- host cost bounded by the limits -------------------------------------------------
+
+
+def test_snapshot_of_a_10m_item_list_copies_max_items_and_keeps_the_marker() -> None:
+    big = [0] * 10_000_000
+    copy = snapshot((big,))
+    assert len(copy[0]) == MAX_ITEMS
+    assert copied_items(copy, (big,)) == 1 + MAX_ITEMS
+    result, warnings = to_jsonable(copy[0])
+    assert (result, warnings) == to_jsonable(big)  # the same as converting the whole list
+    assert result[-1] == "<truncated: 9999000 more items>" and len(result) == MAX_ITEMS + 1
+    assert warnings == ["items_truncated"]
+
+
+def test_snapshot_of_a_2m_key_dict_copies_max_items_and_keeps_the_marker() -> None:
+    big = dict.fromkeys(range(2_000_000), 0)
+    copy = snapshot({"d": big})
+    assert len(copy["d"]) == MAX_ITEMS
+    assert copied_items(copy, {"d": big}) == 1 + MAX_ITEMS
+    result, warnings = to_jsonable(copy["d"])
+    assert (result, warnings) == to_jsonable(big)
+    assert result["<truncated>"] == "1999000 more items" and len(result) == MAX_ITEMS + 1
+    assert warnings == ["items_truncated"]
+
+
+def test_snapshot_of_a_huge_set_copies_max_items_and_keeps_the_count() -> None:
+    big = set(range(100_000))
+    copy = snapshot(big)
+    assert len(copy) == MAX_ITEMS
+    result, warnings = to_jsonable(copy)
+    assert result[-1] == f"<truncated: {100_000 - MAX_ITEMS} more items>"
+    assert result[:-1] == sorted(result[:-1], key=repr) and warnings == ["items_truncated"]
+
+
+def test_snapshot_of_a_wide_and_deep_structure_stops_at_the_budget() -> None:
+    wide = [[list(range(100)) for _ in range(100)] for _ in range(50)]  # 500,000 leaves
+    copy = snapshot(wide)
+    assert MAX_COPIED <= copied_items(copy, wide) <= MAX_COPIED + MAX_ITEMS
+    assert to_jsonable(copy) == to_jsonable(wide)  # the rest is read later, not lost
 
 
 def test_to_jsonable_reads_at_most_max_items_of_any_container() -> None:
@@ -69,6 +126,101 @@ def test_an_endless_iterator_is_cut_at_max_items() -> None:
     result, warnings = to_jsonable({"x": endless})
     assert len(result["x"]) == MAX_ITEMS + 1 and result["x"][-1] == "<truncated: more items>"
     assert warnings == ["items_truncated"]
+
+
+# --- later mutation is not recorded ----------------------------------------------------
+
+
+class Point(NamedTuple):
+    x: list[int]
+    y: int
+
+
+class MyList(list[Any]):
+    pass
+
+
+class MyTuple(tuple[Any, ...]):
+    __slots__ = ()
+
+
+class MyDict(dict[str, Any]):
+    pass
+
+
+def _mutators() -> list[tuple[str, Any, Any]]:
+    """(name, value, a function mutating it in place) for every container snapshot copies."""
+    ordered = OrderedDict(a=1, b=[1], c=3)
+    ordered.move_to_end("a")
+    return [
+        ("dict", {"a": [1]}, lambda v: (v["a"].append(2), v.update(b=2))),
+        ("OrderedDict", ordered, lambda v: (v["b"].append(2), v.move_to_end("b"))),
+        ("defaultdict", defaultdict(list, a=[1]), lambda v: (v["a"].append(2), v["b"])),
+        ("Counter", Counter(a=1), lambda v: v.update(a=5, b=1)),
+        ("dict subclass", MyDict(a=[1]), lambda v: v["a"].append(2)),
+        ("list", [1, [2]], lambda v: (v[1].append(3), v.append(4))),
+        ("list subclass", MyList([1, [2]]), lambda v: (v[1].append(3), v.append(4))),
+        ("tuple subclass", MyTuple(([1], 2)), lambda v: v[0].append(3)),
+        ("namedtuple", Point([1], 2), lambda v: v.x.append(3)),
+        ("set", {1, 2}, lambda v: (v.add(3), v.discard(1))),
+        ("deque", deque([1, [2]]), lambda v: (v[1].append(3), v.appendleft(0))),
+        ("bytearray", bytearray(b"before"), lambda v: v.__setitem__(slice(None), b"after!")),
+        ("memoryview", memoryview(bytearray(b"before")),
+         lambda v: v.__setitem__(slice(None), b"after!")),
+    ]
+
+
+@pytest.mark.parametrize(("name", "value", "mutate"), _mutators(),
+                         ids=[m[0] for m in _mutators()])
+def test_later_mutation_is_not_recorded(name: str, value: Any, mutate: Any) -> None:
+    expected = to_jsonable(value)
+    copy = snapshot({"arg": value})
+    mutate(value)
+    assert to_jsonable(value) != expected  # the mutation shows in the original
+    assert to_jsonable(copy["arg"]) == expected
+
+
+def test_mutation_below_depth_6_is_not_recorded_up_to_the_converters_depth() -> None:
+    root: list[Any] = []
+    level = root
+    for _ in range(Limits().max_depth):
+        child: list[Any] = []
+        level.append(child)
+        level = child
+    expected = to_jsonable(root)
+    copy = snapshot(root)
+    level.append("later")  # the deepest list the converter reads
+    assert to_jsonable(copy) == expected
+
+
+def test_copies_keep_order_cycles_and_named_tuples() -> None:
+    ordered = OrderedDict(a=1, b=2)
+    ordered.move_to_end("a")
+    assert list(snapshot(ordered)) == ["b", "a"] and type(snapshot(ordered)) is dict
+    cyclic: list[Any] = [1]
+    cyclic.append(cyclic)
+    copy = snapshot(cyclic)
+    assert copy is not cyclic and copy[1] is copy
+    point = snapshot(Point([1], 2))
+    assert type(point) is Point and point.y == 2  # mappers may read its fields
+
+
+def test_objects_and_overriding_containers_are_kept_by_reference() -> None:
+    class Model(BaseModel):
+        tags: list[str]
+
+    class Record:
+        def to_dict(self) -> dict[str, Any]:
+            return {}
+
+    class Hiding(dict[str, Any]):
+        def items(self) -> Any:  # host code: not run by snapshot
+            raise RuntimeError("never on the host's thread")
+
+    model, record, hiding = Model(tags=["a"]), Record(), Hiding(a=1)
+    for value in (model, record, hiding, frozenset({1}), "text", b"bytes"):
+        assert snapshot(value) is value
+    assert snapshot([model])[0] is model  # read on the publisher's side, later
 
 
 # --- invalid UTF-8 in keys ---------------------------------------------------------------
