@@ -9,6 +9,7 @@ can hang while the broker is unreachable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -76,7 +77,8 @@ class Sink(Protocol):
 
     description: str
 
-    async def send(self, records: list[Record]) -> SendOutcome: ...
+    async def send(self, records: list[Record],
+                   abort: asyncio.Event | None = None) -> SendOutcome: ...
 
     async def close(self, timeout: float) -> None: ...
 
@@ -105,7 +107,8 @@ class KafkaSink:
         self._known_topics: set[str] = set()
         self._unwritable: dict[str, str] = {}  # topic -> why records to it are dead letters
 
-    async def send(self, records: list[Record]) -> SendOutcome:
+    async def send(self, records: list[Record],
+                   abort: asyncio.Event | None = None) -> SendOutcome:
         outcome = SendOutcome()
         try:
             producer = await self._ensure_producer()
@@ -116,16 +119,25 @@ class KafkaSink:
             return outcome
         in_flight: list[tuple[Record, asyncio.Future[Any]]] = []
         done = [0]  # records handed to the producer so far
-        try:
-            # One bound for the whole hand-over: a wait_for per record costs a task each.
-            await asyncio.wait_for(self._hand_over(producer, records, in_flight, outcome, done),
-                                   self._timeout)
-        except Exception as exc:  # unreachable, timed out, or bad producer state
-            outcome.retry.extend(records[done[0]:])
-            outcome.error = _describe(exc)
-            await self._after_error(exc)
+        until = asyncio.get_running_loop().time() + self._timeout
+        # One bound for the whole hand-over: a wait_for per record costs a task each.
+        handed = asyncio.ensure_future(self._hand_over(producer, records, in_flight, outcome,
+                                                       done))
+        error = await _bounded_by(handed, until, abort)
+        if error is None and in_flight:
+            # asyncio.wait, not gather: cutting the wait short must not cancel the futures
+            error = await _bounded_by(asyncio.wait([f for _, f in in_flight]), until, abort)
+        if error is not None:
+            outcome.error = _describe(error)
+            if not isinstance(error, PRODUCER_STATE_ERRORS + FATAL_RECORD_ERRORS):
+                # Timed out or aborted: the producer still holds the records and would
+                # deliver them whenever the broker answers, behind the retry's back.
+                await self._discard_producer()
+        outcome.retry.extend(records[done[0]:])
         if in_flight:
             await self._settle(in_flight, outcome)
+        if error is not None and isinstance(error, PRODUCER_STATE_ERRORS):
+            await self._after_error(error)
         return outcome
 
     async def _hand_over(
@@ -153,22 +165,19 @@ class KafkaSink:
     async def _settle(
         self, in_flight: list[tuple[Record, asyncio.Future[Any]]], outcome: SendOutcome
     ) -> None:
-        try:
-            results = await asyncio.wait_for(
-                asyncio.gather(*(f for _, f in in_flight), return_exceptions=True), self._timeout
-            )
-        except (asyncio.TimeoutError, TimeoutError) as exc:
-            results = [exc] * len(in_flight)
+        """Sort handed-over records by their futures (all done: delivered or failed)."""
         retry: list[Record] = []
-        for (record, _), result in zip(in_flight, results, strict=True):
+        for record, future in in_flight:
+            result = _future_result(future)
             if not isinstance(result, BaseException):
                 outcome.delivered.append(record)
             elif isinstance(result, FATAL_RECORD_ERRORS):
                 outcome.fatal.append((record, _describe(result)))
             else:
                 retry.append(record)
-                outcome.error = _describe(result)
-                await self._after_error(result)
+                outcome.error = outcome.error or _describe(result)
+                if isinstance(result, PRODUCER_STATE_ERRORS):
+                    await self._after_error(result)
         outcome.retry = retry + outcome.retry
 
     async def _ensure_producer(self) -> AIOKafkaProducer:
@@ -185,8 +194,20 @@ class KafkaSink:
     async def _after_error(self, exc: BaseException) -> None:
         if isinstance(exc, PRODUCER_STATE_ERRORS) and self._producer is not None:
             logger.warning("promptgov: rebuilding the Kafka producer after %s", _describe(exc))
-            producer, self._producer = self._producer, None
-            await _bounded(producer.stop(), 5.0)
+            await self._discard_producer()
+
+    async def _discard_producer(self) -> None:
+        """Drop the producer so that nothing it still holds is ever delivered.
+
+        aiokafka's ``stop()`` waits until every buffered batch is delivered, and an
+        idempotent producer retries a batch forever: a send that timed out would
+        still reach the broker after the publisher has retried it with a new
+        producer. So the sender task is cancelled, the connections closed, and the
+        buffered batches failed, bounded in time.
+        """
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await _discard(producer)
 
     async def _ensure_topics(self, topics: set[str]) -> None:
         missing = topics - self._known_topics
@@ -223,8 +244,9 @@ class KafkaSink:
 
     async def close(self, timeout: float) -> None:
         producer, self._producer = self._producer, None
-        if producer is not None:
-            await _bounded(producer.stop(), max(timeout, 0.1))
+        # stop() delivers what is buffered; past the bound, nothing may leave later.
+        if producer is not None and not await _bounded(producer.stop(), max(timeout, 0.1)):
+            await _discard(producer)
 
 
 class DirectorySink:
@@ -237,7 +259,8 @@ class DirectorySink:
         self.description = f"file://{directory.resolve()}"
         self._files: dict[str, Any] = {}
 
-    async def send(self, records: list[Record]) -> SendOutcome:
+    async def send(self, records: list[Record],
+                   abort: asyncio.Event | None = None) -> SendOutcome:
         outcome = SendOutcome()
         try:
             touched = set()
@@ -285,11 +308,83 @@ class DirectorySink:
         self._close_all()
 
 
-async def _bounded(awaitable: Any, timeout: float) -> None:
+async def _bounded(awaitable: Any, timeout: float) -> bool:
+    """Await with a bound; True when it finished without error."""
     try:
         await asyncio.wait_for(awaitable, timeout)
     except Exception as exc:
         logger.debug("promptgov: bounded wait ended with %s", _describe(exc))
+        return False
+    return True
+
+
+async def _bounded_by(awaitable: Any, until: float, abort: asyncio.Event | None
+                      ) -> BaseException | None:
+    """Await until the loop time ``until`` or ``abort`` is set: None when it finished,
+    else the error it raised or a timeout. The awaitable is cancelled when cut short."""
+    work = asyncio.ensure_future(awaitable)
+    waiters: set[asyncio.Future[Any]] = {work}
+    stop = asyncio.ensure_future(abort.wait()) if abort is not None else None
+    if stop is not None:
+        waiters.add(stop)
+    try:
+        timeout = max(until - asyncio.get_running_loop().time(), 0.0)
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if stop is not None:
+            stop.cancel()
+    if work.done():
+        error: BaseException | None = work.exception()
+        return error
+    work.cancel()
+    with contextlib.suppress(BaseException):
+        await work
+    if abort is not None and abort.is_set():
+        return DeliveryAborted("shutdown deadline reached")
+    return asyncio.TimeoutError("no answer from the broker in time")
+
+
+class DeliveryAborted(Exception):
+    """The publisher's deadline cut a send short."""
+
+
+def _future_result(future: asyncio.Future[Any]) -> Any:
+    if not future.done():
+        return asyncio.TimeoutError("not delivered in time")
+    if future.cancelled():
+        return asyncio.CancelledError()
+    return future.exception() or future.result()
+
+
+async def _discard(producer: AIOKafkaProducer) -> None:
+    """Stop a producer without delivering what it buffers (see KafkaSink._discard_producer)."""
+    discarded = ProducerDiscarded("the producer was discarded after a timeout")
+    try:
+        producer._closed = True
+        sender = getattr(producer, "_sender", None)
+        task = getattr(sender, "sender_task", None)
+        if task is not None and not task.done():
+            task.cancel()
+        await _bounded(producer.client.close(), 1.0)  # in-flight requests fail now
+        if task is not None:
+            await _bounded(asyncio.shield(task), 1.0)
+        accumulator = producer._message_accumulator
+        batches = [b for tp in accumulator._batches.values() for b in tp]
+        batches += list(accumulator._pending_batches)
+        accumulator.fail_all(discarded)
+        for batch in batches:  # retrieved: asyncio must not log them as unhandled
+            for future in (batch.future, getattr(batch, "_drain_waiter", None)):
+                if future is not None and future.done() and not future.cancelled():
+                    future.exception()
+    except Exception as exc:  # aiokafka internals changed: fall back to a bounded stop
+        logger.debug("promptgov: discarding the producer: %s", _describe(exc))
+        await _bounded(producer.stop(), 2.0)
+
+
+class ProducerDiscarded(kerr.KafkaError):  # type: ignore[misc]
+    """Raised into the futures of records a discarded producer still held."""
+
+    retriable = True
 
 
 def _describe(exc: BaseException) -> str:

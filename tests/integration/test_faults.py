@@ -324,3 +324,36 @@ def test_fork_parent_and_children_all_delivered(broker: KafkaBroker, unique_topi
     assert lines.count("flushed True") == 3 and "children [0, 0]" in lines
     count_back(read_back, broker, unique_topic_prefix, emitted, fault_report, processes=3)
     assert not os.path.exists(spools[0])  # delivered spools are removed
+
+
+@pytest.mark.parametrize("durability", ["memory", "spill", "wal"])
+def test_outage_longer_than_every_timeout_no_duplicates(
+    broker: KafkaBroker, unique_topic_prefix: str, tmp_path: Path, read_back: ReadBack,
+    fault_report: Report, durability: str
+) -> None:
+    """Sends time out while the broker is down; the timed-out producer must not deliver
+    behind the publisher's back once the broker returns (no duplicates, one value per id)."""
+    gov = governor(broker, unique_topic_prefix, tmp_path, durability=durability)
+    emit = emitter(gov)
+    emitted = [emit(i) for i in range(10)]
+    assert gov.flush(30).complete
+    broker.stop()
+    emitted += [emit(i) for i in range(10, 20)]
+    outage = time.monotonic()
+    while time.monotonic() - outage < 12.0:  # > request_timeout_ms (3 s) + the send bound
+        assert not gov.flush(1.0).complete
+    broker.start()
+    report = gov.flush(90)
+    assert report.complete, report
+    records = read_back(broker.bootstrap, f"{unique_topic_prefix}.events", 20, timeout=90,
+                        linger=3.0)
+    values: dict[str, set[bytes]] = {}
+    for record in records:
+        values.setdefault(orjson.loads(record.value)["event_id"], set()).add(record.value)
+    duplicates = len(records) - len(values)
+    fault_report(emitted=len(emitted), delivered=len(set(emitted) & set(values)),
+                 records=len(records), duplicates=duplicates, durability=durability)
+    assert set(emitted) <= set(values)
+    assert all(len(v) == 1 for v in values.values()), "an event id published with two values"
+    assert duplicates == 0
+    gov.shutdown(10)
