@@ -37,10 +37,14 @@ class DeadLetterFile:
         logger.error("promptgov: event %s dead-lettered to %s: %s", record.event_id,
                      self.path, reason)
 
-    def write_draft(self, draft: Any, reason: str) -> None:
-        """Keep what is known of an event that could not even be processed."""
-        self._append({"dead_lettered_at": time.time(), "reason": reason,
-                      "event_id": getattr(draft, "event_id", None), "draft": repr(draft)})
+    def write_unprocessable(self, event_id: str | None, event_type: str | None,
+                            spool_seq: int | None) -> None:
+        """Note an event that could not be processed at all: its ids, never its content
+        (which was not redacted)."""
+        self._append({"dead_lettered_at": time.time(), "reason": "processing failed",
+                      "event_id": event_id, "event_type": event_type, "spool_seq": spool_seq})
+        logger.error("promptgov: event %s could not be processed; noted in %s", event_id,
+                     self.path)
 
     def _append(self, entry: dict[str, Any]) -> None:
         line = orjson.dumps(entry, default=repr) + b"\n"

@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import threading
 import time
+import traceback
 from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
@@ -31,18 +32,36 @@ from typing import Any, Protocol
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
+from promptgov import hostcode
 from promptgov.transport.dead_letter import DeadLetterFile
-from promptgov.transport.record import Record
+from promptgov.transport.record import (
+    RECORDS_MARK,
+    Record,
+    decode_records,
+    encode_records,
+    from_rows,
+    to_rows,
+)
 from promptgov.transport.sinks import SendOutcome, Sink
 from promptgov.transport.spool import Spool, SpoolUnavailable, orphaned_spools
 
 logger = logging.getLogger("promptgov")
 
+_SHUTDOWN_MARGIN = 3.0  # seconds past the deadline for cutting a send short, spilling, closing
+
 
 class Processor(Protocol):
-    """Turns drafts into events (``complete``) and events into records (``govern``)."""
+    """Turns drafts into events (``complete``) and events into records (``govern``).
+
+    ``complete_degraded`` and ``degrade`` give the same event without its content,
+    running no host code: for when the host's objects time out or raise.
+    """
 
     def complete(self, draft: Any) -> dict[str, Any]: ...
+
+    def complete_degraded(self, draft: Any, reason: str) -> dict[str, Any]: ...
+
+    def degrade(self, event: dict[str, Any], reason: str) -> dict[str, Any]: ...
 
     def govern(self, event: dict[str, Any]) -> list[Record]: ...
 
@@ -63,6 +82,8 @@ class PublisherConfig:
     spill_high_water: float = 0.5
     spool_base: Path | None = None
     spool_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    host_code_timeout: float = 0.5
+    adopt_interval: float = 5.0
 
 
 @dataclasses.dataclass
@@ -105,6 +126,7 @@ class PublisherStats:
         self.dropped_by_reason: Counter[str] = Counter()
         self.spilled = 0
         self.adopted = 0
+        self.degraded: Counter[str] = Counter()
         self.last_error: str | None = None
         self.latencies_ms: deque[float] = deque(maxlen=4096)
 
@@ -116,9 +138,9 @@ class _Retry(Exception):
 @dataclasses.dataclass
 class _Batch:
     records: list[Record]
-    events: dict[str, dict[str, Any]]  # event_id -> completed event (for spilling)
     spool: Spool | None = None
     last_seq: int = 0
+    by_seq: dict[int, list[Record]] = dataclasses.field(default_factory=dict)
 
 
 class Publisher:
@@ -162,6 +184,11 @@ class Publisher:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+        self._abort: asyncio.Event | None = None
+        self._outage_since: float | None = None
+        self._outage_failures = 0
+        self._next_adoption = 0.0
+        self._adopt_requested = False
         self._idle = False
         self._stopping = False
         self._closed = False
@@ -211,7 +238,7 @@ class Publisher:
         return True
 
     def _make_room(self, event_type: str, occurred_ns: int) -> bool:
-        if self._spill and self._move_to_spool(1):
+        if self._spill and self._move_to_spool(1, wait=self.config.block_timeout):
             return True  # spill mode: the host moves the oldest event to disk, loses nothing
         policy = self.config.when_full
         if policy == "drop_oldest":
@@ -234,7 +261,7 @@ class Publisher:
     def _append_wal(self, draft: Any, event_type: str, occurred_ns: int) -> bool:
         spool = self.spool
         assert spool is not None
-        data = orjson.dumps(self._processor.complete(draft))
+        data = orjson.dumps(self._complete(draft, self.config.host_code_timeout))
         try:
             seq = spool.append(data)
             if seq is None and self.config.when_full == "block":
@@ -260,6 +287,43 @@ class Publisher:
         elif self._idle and spool.unread >= self.config.batch_size:
             self._poke()
         return True
+
+    def _complete(self, draft: Any, seconds: float) -> dict[str, Any]:
+        """``processor.complete`` with a time bound on the host code it runs.
+
+        Host objects that loop past the bound, or raise (``SystemExit`` too), cost
+        the event its content, never the event and never the publisher.
+        """
+        try:
+            return hostcode.bounded(seconds, self._processor.complete, draft)
+        except hostcode.HostCodeTimeout:
+            reason = "host_code_timeout"
+        except KeyboardInterrupt:
+            if threading.current_thread() is not self._thread:
+                raise  # the host's own Ctrl-C, on the host's thread (wal mode)
+            reason = "processing_failed"
+        except BaseException:
+            reason = "processing_failed"
+        self.stats.degraded[reason] += 1
+        return self._processor.complete_degraded(draft, reason)
+
+    def _govern(self, event: dict[str, Any]) -> list[Record] | None:
+        """``processor.govern`` bounded the same way; degraded, else None (dead letter)."""
+        reason = "processing_failed"
+        try:
+            return hostcode.bounded(self.config.host_code_timeout, self._processor.govern,
+                                    dict(event))
+        except hostcode.HostCodeTimeout:
+            reason = "host_code_timeout"
+        except BaseException:
+            pass
+        self.stats.degraded[reason] += 1
+        try:
+            degraded = self._processor.degrade(dict(event), reason)
+            return hostcode.bounded(self.config.host_code_timeout, self._processor.govern,
+                                    degraded)
+        except BaseException:
+            return None
 
     def _count_accepted(self) -> None:
         with self._count_lock:
@@ -296,8 +360,9 @@ class Publisher:
         """Wait until everything accepted so far is settled, or the timeout passes."""
         started = time.monotonic()
         target = self._accepted_n + (1 if self._gap.count else 0)  # a gap event to come
-        if self._thread is None and (self._adopted or target):
+        if self._thread is None and (self._adopted or target or self._may_adopt()):
             self._start()
+        self._request_adoption()  # what dead processes (forked children) left is flushed too
         self._poke()
         with self._settled_cond:
             self._settled_cond.wait_for(self._flushed(target), timeout=max(timeout, 0.0))
@@ -308,11 +373,25 @@ class Publisher:
         started = time.monotonic()
         self._closed = True
         thread = self._thread
+        if thread is None and self._may_adopt():
+            self._start()  # deliver (or at least adopt) what dead processes left
+            thread = self._thread
         if thread is not None and thread.is_alive():
             self._deadline = time.monotonic() + max(timeout, 0.0)
             self._stopping = True
+            self._request_adoption()
+            loop = self._loop
+            if loop is not None:
+                try:
+                    loop.call_soon_threadsafe(self._arm_abort)
+                except RuntimeError:
+                    pass
             self._poke()
-            thread.join(timeout + 10.0)  # the sink's close and the spool's fsync are bounded
+            # After the deadline a send in progress is cut short, what is left is
+            # spilled and the sink closed: all bounded, well within this margin.
+            thread.join(max(timeout, 0.0) + _SHUTDOWN_MARGIN)
+            if thread.is_alive():
+                logger.error("promptgov: the publisher did not stop in time")
         else:
             self._close_spools()
         report = self._report(started)
@@ -351,6 +430,25 @@ class Publisher:
             return (self._settled >= target and adopted) or self._dead()
 
         return done
+
+    def _may_adopt(self) -> bool:
+        base = self.config.spool_base
+        return base is not None and bool(orphaned_spools(base, exclude=self._own_directory()))
+
+    def _own_directory(self) -> Path | None:
+        return self.spool.directory if self.spool is not None else None
+
+    def _request_adoption(self) -> None:
+        if self._thread is not None:
+            self._adoption_done.clear()
+            self._adopt_requested = True
+
+    def _arm_abort(self) -> None:
+        """On the loop: cut any send short at the shutdown deadline."""
+        loop, abort = self._loop, self._abort
+        if loop is not None and abort is not None:
+            delay = max(self._deadline - time.monotonic(), 0.0)
+            loop.call_later(delay, abort.set)
 
     def _dead(self) -> bool:
         return self._thread is None or not self._thread.is_alive()
@@ -398,11 +496,12 @@ class Publisher:
         asyncio.set_event_loop(loop)
         self._loop = loop
         self._wake = asyncio.Event()
+        self._abort = asyncio.Event()
         ready.set()
         try:
             loop.run_until_complete(self._run())
-        except BaseException:
-            logger.exception("promptgov: publisher thread failed")
+        except BaseException as exc:
+            logger.error("promptgov: publisher thread failed: %s", type(exc).__name__)
         finally:
             self._loop = None
             try:
@@ -414,15 +513,14 @@ class Publisher:
 
     async def _run(self) -> None:
         sink = self._sink_factory()
-        try:
-            self._adopt_orphans()
-        finally:
-            self._adoption_done.set()
+        self._adopt_orphans()
         watchdog = asyncio.ensure_future(self._watch_high_water()) if self._spill else None
         try:
             while True:
                 if self._stopping and (time.monotonic() >= self._deadline or not self._work()):
                     break
+                if self._adopt_requested or time.monotonic() >= self._next_adoption:
+                    self._adopt_orphans()
                 if self._drop_oldest_segment:
                     self._discard_oldest_segment()
                 for spool in self._spools():
@@ -432,14 +530,16 @@ class Publisher:
                     continue
                 try:
                     await self._step(sink)
-                except Exception:  # a bug must not kill the publisher
-                    logger.exception("promptgov: publisher error; continuing")
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:  # a bug, or host code, must not kill the publisher
+                    logger.error("promptgov: publisher error (%s); continuing", _where(exc))
                     await asyncio.sleep(0.1)
         finally:
             if watchdog is not None:
                 watchdog.cancel()
             self._spill_leftovers()
-            await sink.close(max(self._deadline - time.monotonic(), 1.0))
+            await sink.close(max(self._deadline - time.monotonic(), 0.2))
             self._close_spools()
 
     async def _watch_high_water(self) -> None:
@@ -482,7 +582,7 @@ class Publisher:
         elif self._queue:
             batch = self._batch_from_memory()
         else:
-            batch = _Batch([], {})
+            batch = _Batch([])
         if batch.records:
             spill_on_failure = self._spill and source is None and self.spool is not None
             delivered = await self._deliver(sink, batch, spill_on_failure)
@@ -506,89 +606,127 @@ class Publisher:
                 return
             self._queue.appendleft(draft)  # may exceed the bound by this one event
             self._count_accepted()
-        except Exception:
-            logger.exception("promptgov: could not record a gap of %d event(s)", gap.count)
+        except Exception as exc:
+            logger.error("promptgov: could not record a gap of %d event(s): %s", gap.count,
+                         type(exc).__name__)
 
     def _batch_from_memory(self) -> _Batch:
-        batch = _Batch([], {})
+        batch = _Batch([])
         queue = self._queue
         with self._move_lock:  # taken as a group: whatever is spilled later is newer
             drafts = [queue.popleft() for _ in range(min(self.config.batch_size, len(queue)))]
         for draft in drafts:
-            try:
-                event = self._processor.complete(draft)
-                records = self._processor.govern(dict(event))
-            except Exception:
-                logger.exception("promptgov: could not process an event; it is dead-lettered")
-                self._dead_letter.write_draft(draft, "processing failed")
-                self.stats.dead_lettered += 1
+            records = self._govern(self._complete(draft, self.config.host_code_timeout))
+            if not records:
+                self._dead_letter_unprocessable(draft.event_id, draft.event_type, None)
                 self._settle(1)
                 continue
             records[-1].settles = True
-            batch.events[event["event_id"]] = event
             batch.records.extend(records)
         self._notify_space()
         return batch
 
     def _batch_from_spool(self, spool: Spool) -> _Batch:
-        batch = _Batch([], {}, spool)
+        """The next records of a spool; those sent before (maybe delivered) byte for byte."""
+        batch = _Batch([], spool)
         counts = id(spool) in self._counted_spools  # adopted events were accepted elsewhere
+        held = _held_records(spool)
         for seq, data in spool.read(self.config.batch_size):
             batch.last_seq = seq
-            try:
-                records = self._processor.govern(orjson.loads(data))
-            except Exception:
-                logger.exception("promptgov: unreadable spooled event %d dead-lettered", seq)
-                self._dead_letter.write_draft(data[:2000], "unreadable spooled event")
-                self.stats.dead_lettered += 1
+            records = held.pop(seq, None)
+            if records is None and data[:1] == RECORDS_MARK:
+                records = _decode(data)
+            elif records is None:
+                records = self._govern_spooled(data, seq)
+            if not records:
                 if counts:
                     self._settle(1)
                 continue
+            for record in records:
+                record.settles = record.settles and counts
             records[-1].settles = counts
+            batch.by_seq[seq] = records
             batch.records.extend(records)
+        if batch.records:
+            rows = [[seq, to_rows(records)] for seq, records in
+                    (*batch.by_seq.items(), *held.items())]
+            try:
+                spool.hold(max([batch.last_seq, *held]), orjson.dumps(rows))
+            except OSError as exc:
+                logger.error("promptgov: could not keep the batch being sent: %s", exc)
         return batch
 
-    def _move_to_spool(self, limit: int) -> int:
+    def _govern_spooled(self, data: bytes, seq: int) -> list[Record] | None:
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            self._dead_letter_unprocessable(None, None, seq)
+            return None
+        records = self._govern(event)
+        if not records:
+            self._dead_letter_unprocessable(event.get("event_id"), event.get("event_type"), seq)
+        return records
+
+    def _dead_letter_unprocessable(self, event_id: str | None, event_type: str | None,
+                                   spool_seq: int | None) -> None:
+        """Keep what is known of an event that could not be processed: no content."""
+        self._dead_letter.write_unprocessable(event_id, event_type, spool_seq)
+        self.stats.dead_lettered += 1
+
+    def _move_to_spool(self, limit: int, wait: float | None = None) -> int:
         """Spill: complete the oldest drafts and append them to the spool, in order.
 
-        Called by the publisher, and by the host when the queue is full; the lock
-        keeps the two (and batch taking) from interleaving, so order holds.
+        Called by the publisher, and by the host when the queue is full (``wait``:
+        the most the host may wait, for the lock and the host code together). The
+        lock is held per event, so the two (and batch taking) never interleave
+        within one move and order holds.
         """
         spool = self.spool
         if spool is None:
             return 0
         queue = self._queue
         moved = 0
-        with self._move_lock:
-            while moved < limit:
+        deadline = None if wait is None else time.monotonic() + wait
+        while moved < limit:
+            if deadline is None:
+                self._move_lock.acquire()
+            elif not self._move_lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+                break
+            try:
                 try:
                     draft = queue.popleft()
                 except IndexError:
                     break
+                budget = self.config.host_code_timeout if deadline is None else max(
+                    min(deadline - time.monotonic(), self.config.host_code_timeout), 0.001)
                 try:
-                    data = orjson.dumps(self._processor.complete(draft))
-                    seq = spool.append(data)
+                    seq = spool.append(orjson.dumps(self._complete(draft, budget)))
                 except OSError as exc:
                     queue.appendleft(draft)
                     logger.error("promptgov: spilling failed (%s); keeping events in memory",
                                  exc)
                     break
                 except Exception:
-                    logger.exception("promptgov: could not spill an event; it is dead-lettered")
-                    self._dead_letter.write_draft(draft, "processing failed")
+                    self._dead_letter_unprocessable(draft.event_id, draft.event_type, None)
                     self._settle(1)
                     continue
                 if seq is None:  # spool full: the memory queue keeps the rest
                     queue.appendleft(draft)
                     break
                 moved += 1
+            finally:
+                self._move_lock.release()
         if moved:
             self.stats.spilled += moved
             self._notify_space()
         return moved
 
     async def _deliver(self, sink: Sink, batch: _Batch, spill_on_failure: bool) -> bool:
-        """Send until every record is settled (True) or the shutdown deadline (False)."""
+        """Send until every record is settled (True) or the shutdown deadline (False).
+
+        Records are governed once: a retry, a spill and a re-send after a restart
+        all publish the same bytes.
+        """
         remaining = batch.records
         retrying = AsyncRetrying(
             wait=wait_exponential_jitter(multiplier=0.05, max=5.0, jitter=0.25),
@@ -601,14 +739,14 @@ class Publisher:
         try:
             async for attempt in retrying:
                 with attempt:
-                    outcome = await sink.send(remaining)
-                    self._account(outcome)
+                    outcome = await sink.send(remaining, self._abort)
+                    self._account(outcome, sink)
                     remaining = outcome.retry
                     # Spill the failed batch, unless later events were spilled already:
                     # then it must go first, so it is retried from memory.
                     if remaining and spill_on_failure and not (
                             self.spool is not None and self.spool.unread):
-                        self._spill_batch(remaining, batch)
+                        self._spill_records(remaining)
                         return True
                     if remaining:
                         raise _Retry(outcome.error)
@@ -616,21 +754,20 @@ class Publisher:
             logger.warning("promptgov: %d record(s) undelivered at the deadline: %s",
                            len(remaining), self.stats.last_error)
             if batch.spool is None:
-                self._spill_batch(remaining, batch)
+                self._spill_records(remaining)
             return False
         return True
 
-    def _spill_batch(self, records: list[Record], batch: _Batch) -> None:
-        """Put the undelivered part of a memory batch into the spool (spill mode)."""
+    def _spill_records(self, records: list[Record]) -> None:
+        """Put the undelivered, already governed part of a memory batch into the spool."""
         if not self._spill or self.spool is None:
             return
-        seen: set[str] = set()
+        by_event: dict[str, list[Record]] = {}
         for record in records:
-            if record.event_id in seen or record.event_id not in batch.events:
-                continue
-            seen.add(record.event_id)
+            by_event.setdefault(record.event_id, []).append(record)
+        for group in by_event.values():
             try:
-                seq = self.spool.append(orjson.dumps(batch.events[record.event_id]))
+                seq = self.spool.append(encode_records(group))
             except OSError:
                 seq = None
             if seq is None:
@@ -658,7 +795,8 @@ class Publisher:
     def _count_retry(self, state: RetryCallState) -> None:
         self.stats.retries += 1
 
-    def _account(self, outcome: SendOutcome) -> None:
+    def _account(self, outcome: SendOutcome, sink: Sink) -> None:
+        self._note_outage(outcome, sink)
         now = time.time_ns()
         settled = 0
         for record in outcome.delivered:
@@ -676,6 +814,23 @@ class Publisher:
         if settled:
             self._settle(settled)
 
+    def _note_outage(self, outcome: SendOutcome, sink: Sink) -> None:
+        """Log an outage once when it starts and once when delivery resumes."""
+        if outcome.retry and not outcome.delivered:
+            self._outage_failures += 1
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
+                where = "in the spool" if self.spool is not None else "in memory"
+                logger.warning("promptgov: cannot deliver to %s (%s); events are kept %s and "
+                               "retried", sink.description, outcome.error, where)
+        elif outcome.delivered and self._outage_since is not None:
+            logger.warning("promptgov: delivery to %s resumed after %.1f s and %d failed "
+                           "attempt(s); %d event(s) waiting", sink.description,
+                           time.monotonic() - self._outage_since, self._outage_failures,
+                           self.queue_depth + sum(s.pending for s in self._spools()))
+            self._outage_since = None
+            self._outage_failures = 0
+
     def _settle(self, count: int) -> None:
         with self._settled_cond:
             self._settled += count
@@ -689,18 +844,28 @@ class Publisher:
     # --- spool housekeeping --------------------------------------------------------
 
     def _adopt_orphans(self) -> None:
-        base = self.config.spool_base
-        if base is None or self.config.durability == "memory":
+        """Take over the spools of processes that died (crashes, forked children that left
+        through ``os._exit``): at start, every ``adopt_interval``, and when asked."""
+        self._adopt_requested = False
+        self._next_adoption = time.monotonic() + self.config.adopt_interval
+        try:
+            self._adopt_from(self.config.spool_base)
+        except Exception as exc:
+            logger.error("promptgov: looking for spools to adopt failed: %s", exc)
+        finally:
+            self._adoption_done.set()
+
+    def _adopt_from(self, base: Path | None) -> None:
+        if base is None:
             return
-        own = self.spool.directory if self.spool is not None else None
-        for directory in orphaned_spools(base, exclude=own):
+        for directory in orphaned_spools(base, exclude=self._own_directory()):
             try:
                 spool = Spool.open(directory, **self.config.spool_options)
             except (SpoolUnavailable, OSError):
                 continue
             if spool.pending:
-                logger.info("promptgov: adopting %d event(s) left in %s", spool.pending,
-                            directory)
+                logger.warning("promptgov: adopting %d event(s) left in %s", spool.pending,
+                               directory)
                 self.stats.adopted += spool.pending
                 self._adopted.append(spool)
             else:
@@ -735,5 +900,31 @@ class Publisher:
         for spool in self._spools():
             try:
                 spool.close()
-            except OSError:
-                logger.exception("promptgov: could not close the spool %s", spool.directory)
+            except OSError as exc:
+                logger.error("promptgov: could not close the spool %s: %s", spool.directory, exc)
+
+
+def _where(exc: BaseException) -> str:
+    """An exception's type and innermost frame: no message (it may hold host data)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    place = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return f"{type(exc).__name__}{place}"
+
+
+def _decode(data: bytes) -> list[Record] | None:
+    try:
+        return decode_records(data)
+    except (ValueError, TypeError, UnicodeError):
+        return None
+
+
+def _held_records(spool: Spool) -> dict[int, list[Record]]:
+    """The records a previous attempt sent from this spool, by spool seq (see Spool.hold)."""
+    data = spool.held()
+    if not data:
+        return {}
+    try:
+        return {int(seq): from_rows(rows) for seq, rows in orjson.loads(data)}
+    except (ValueError, TypeError, UnicodeError):
+        logger.error("promptgov: unreadable in-flight file in %s; ignored", spool.directory)
+        return {}

@@ -4,6 +4,7 @@ Layout of one spool (one per governor, ``<spool_dir>/<owner>/``)::
 
     lock                       flock'ed by the owning process for its lifetime
     ledger                     {"acked": N}: every record with seq <= N is delivered
+    inflight                   the governed records of the batch being sent (see hold())
     00000000000000000001.seg   segments, named by their first sequence number
     quarantine/                bytes cut from corrupted segment tails
 
@@ -86,6 +87,7 @@ class Spool:
         self._bytes = 0
         self._dirty = False
         self._last_fsync = time.monotonic()
+        self._held_until = 0  # last seq covered by the inflight file (0: none)
         self.recovery = RecoveryReport(0, 0, 0)
 
     # --- opening ----------------------------------------------------------------------
@@ -109,6 +111,8 @@ class Spool:
             raise SpoolUnavailable(exc.errno, f"spool {self.directory}: {exc.strerror}") from exc
         self._acked = self._read_ledger()
         self._recover()
+        if (self.directory / "inflight").exists():
+            self._held_until = -1  # left by the previous owner: covers the first unacked
         self._read_seq = self._acked + 1
         self._read_pos = (0, 0)
         self._open_writer(self._next_seq)
@@ -278,12 +282,36 @@ class Spool:
                 return None
         return None
 
+    def hold(self, last_seq: int, data: bytes) -> None:
+        """Keep the governed form of the records up to ``last_seq`` about to be sent.
+
+        A send may reach the broker and still look failed (a timeout), and the
+        process may die before the acknowledgement: whoever sends these records
+        again (this process after a restart, or one that adopts the spool) reads
+        them back with :meth:`held` and re-sends the same bytes.
+        """
+        _write_atomic(self.directory / "inflight", data)
+        self._held_until = last_seq
+
+    def held(self) -> bytes | None:
+        """What :meth:`hold` kept and is not acknowledged yet, or None."""
+        if not self._held_until:
+            return None
+        try:
+            return (self.directory / "inflight").read_bytes()
+        except OSError:
+            return None
+
     def ack(self, seq: int) -> None:
         """Every record up to ``seq`` is delivered: persist, delete finished segments."""
         if seq <= self._acked:
             return
         self._acked = seq
         _write_atomic(self.directory / "ledger", orjson.dumps({"acked": seq}))
+        if self._held_until and seq >= self._held_until:
+            self._held_until = 0
+            with contextlib.suppress(OSError):
+                (self.directory / "inflight").unlink()
         with self._lock:
             done = [s for s in self._segments[:-1] if s.last_seq and s.last_seq <= seq]
             for segment in done:
@@ -369,7 +397,7 @@ class Spool:
             for path in self.directory.glob(f"*{_SUFFIX}"):
                 path.unlink(missing_ok=True)
             if not any((self.directory / "quarantine").glob("*")):
-                for name in ("ledger", "lock"):
+                for name in ("inflight", "ledger", "lock"):
                     (self.directory / name).unlink(missing_ok=True)
                 with contextlib.suppress(OSError):
                     (self.directory / "quarantine").rmdir()
