@@ -24,6 +24,7 @@ CaptureContent = Literal["redacted", "metadata", "raw"]
 Durability = Literal["memory", "spill", "wal"]
 FsyncPolicy = Literal["interval", "always", "never"]
 WhenFull = Literal["block", "drop_newest", "drop_oldest"]
+ForkDurability = Literal["wal", "inherit"]
 TopicRouter = Callable[[str, str], str]
 """``router(event_type, classification) -> topic``."""
 
@@ -109,6 +110,8 @@ class Settings:
     tracing: bool = True
     shutdown_timeout: float = 10.0
     register_atexit: bool = True
+    fork_durability: ForkDurability = "wal"
+    host_code_timeout_ms: int = 500
 
     @property
     def spool_path(self) -> Path:
@@ -147,6 +150,8 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "max_event_bytes": int,
     "tracing": lambda v: _parse_bool("tracing", v),
     "shutdown_timeout": float,
+    "fork_durability": str,
+    "host_code_timeout_ms": int,
 }
 
 
@@ -231,6 +236,7 @@ def _validate(values: dict[str, Any]) -> Settings:
         ("durability", ("memory", "spill", "wal")),
         ("fsync", ("interval", "always", "never")),
         ("when_full", ("block", "drop_newest", "drop_oldest")),
+        ("fork_durability", ("wal", "inherit")),
     ):
         if name in values and values[name] not in allowed:
             raise ConfigurationError(name, f"{values[name]!r} is not one of {allowed}",
@@ -249,6 +255,7 @@ def _validate(values: dict[str, Any]) -> Settings:
         ("flush_interval_ms", 1),
         ("max_string_length", 64),
         ("max_event_bytes", 4096),
+        ("host_code_timeout_ms", 10),
     ):
         if name in values and (not isinstance(values[name], int) or values[name] < minimum):
             raise ConfigurationError(name, f"{values[name]!r} is not an integer >= {minimum}",

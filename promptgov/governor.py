@@ -54,6 +54,8 @@ class Governor:
         self.settings: Settings = resolve_settings(settings)
         self.warnings = Warnings()
         self._internal_errors = 0
+        self._forked = False
+        quiet_dependency_logs()
         self._setup()
         _live.add(self)
         if self.settings.register_atexit:
@@ -64,13 +66,17 @@ class Governor:
         self.producer_id = uuid7()
         self._seq = itertools.count(1)
         self._processor = EventProcessor(s, self.producer_id, self.warnings)
+        # A forked child may leave through os._exit (multiprocessing does), running no
+        # shutdown: its events reach its spool before each call returns, and whoever
+        # finds the spool orphaned (the parent, a later start) delivers them.
+        durability = "wal" if self._forked and s.fork_durability == "wal" else s.durability
         self._publisher = Publisher(
             self._processor,
             self._make_sink,
             make_gap=self._gap_draft,
             dead_letter=DeadLetterFile(s.local_dir / "dead-letter.jsonl"),
             config=PublisherConfig(
-                durability=s.durability,
+                durability=durability,
                 max_queue_size=s.max_queue_size,
                 batch_size=s.batch_size,
                 flush_interval=s.flush_interval_ms / 1000,
@@ -83,12 +89,13 @@ class Governor:
                     "fsync": s.fsync,
                     "fsync_interval": s.fsync_interval_ms / 1000,
                 },
+                host_code_timeout=s.host_code_timeout_ms / 1000,
             ),
             owner=self.producer_id,
         )
         self._closed = False
         self._metrics = telemetry.register_metrics(self)
-        if s.durability != "memory":
+        if durability != "memory":
             self._publisher.start()  # adopt spools left by dead processes right away
 
     def _make_sink(self) -> Sink:
@@ -266,6 +273,7 @@ class Governor:
             "queue_depth": self.queue_depth,
             "spilled": p.spilled,
             "adopted": p.adopted,
+            "content_withheld": dict(p.degraded),
             "spool_records": sum(sp.pending for sp in self._publisher._spools()),
             "spool_bytes": sum(sp.size_bytes for sp in self._publisher._spools()),
             "oldest_pending_age_s": self._publisher.oldest_pending_age(),
@@ -284,6 +292,8 @@ class Governor:
             _active.reset(token)
 
     def _after_fork_in_child(self) -> None:
+        self._forked = True
+        self.warnings.after_fork()
         self._publisher.after_fork_in_child()
         self._setup()
 
@@ -376,8 +386,34 @@ def _shutdown_at_exit(ref: weakref.ref[Governor]) -> None:
 
 
 def _after_fork() -> None:
+    global _default_lock
+    _default_lock = threading.Lock()  # another thread may have held it at the fork
     for governor in list(_live):
         governor._after_fork_in_child()
+
+
+class _QuietInPublisher(logging.Filter):
+    """Drops aiokafka's records logged on promptgov's own threads (an outage writes
+    thousands of lines there); promptgov logs the outage itself, once at start and once
+    at recovery. Kept when the ``promptgov`` logger is at DEBUG, and on host threads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.threadName or "").startswith("promptgov-") or logger.isEnabledFor(
+            logging.DEBUG)
+
+
+_quiet = _QuietInPublisher()
+
+
+def quiet_dependency_logs() -> None:
+    """Install the filter on every aiokafka logger (filters are not inherited)."""
+    import aiokafka.admin  # noqa: F401  (modules create their loggers on import)
+
+    for name in list(logging.root.manager.loggerDict):
+        if name == "aiokafka" or name.startswith("aiokafka."):
+            target = logging.getLogger(name)
+            if _quiet not in target.filters:
+                target.addFilter(_quiet)
 
 
 if hasattr(os, "register_at_fork"):
