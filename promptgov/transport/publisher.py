@@ -517,10 +517,10 @@ class Publisher:
         watchdog = asyncio.ensure_future(self._watch_high_water()) if self._spill else None
         try:
             while True:
-                if self._stopping and (time.monotonic() >= self._deadline or not self._work()):
-                    break
                 if self._adopt_requested or time.monotonic() >= self._next_adoption:
                     self._adopt_orphans()
+                if self._stopping and (time.monotonic() >= self._deadline or not self._work()):
+                    break
                 if self._drop_oldest_segment:
                     self._discard_oldest_segment()
                 for spool in self._spools():

@@ -110,16 +110,15 @@ class KafkaSink:
     async def send(self, records: list[Record],
                    abort: asyncio.Event | None = None) -> SendOutcome:
         outcome = SendOutcome()
-        try:
-            producer = await self._ensure_producer()
-            await self._ensure_topics({r.topic for r in records})
-        except Exception as exc:
+        until = asyncio.get_running_loop().time() + self._timeout
+        error = await _bounded_by(self._prepare({r.topic for r in records}), until, abort)
+        producer = self._producer
+        if error is not None or producer is None:
             outcome.retry = list(records)
-            outcome.error = _describe(exc)
+            outcome.error = _describe(error or ProducerDiscarded("no producer"))
             return outcome
         in_flight: list[tuple[Record, asyncio.Future[Any]]] = []
         done = [0]  # records handed to the producer so far
-        until = asyncio.get_running_loop().time() + self._timeout
         # One bound for the whole hand-over: a wait_for per record costs a task each.
         handed = asyncio.ensure_future(self._hand_over(producer, records, in_flight, outcome,
                                                        done))
@@ -180,16 +179,17 @@ class KafkaSink:
                     await self._after_error(result)
         outcome.retry = retry + outcome.retry
 
-    async def _ensure_producer(self) -> AIOKafkaProducer:
+    async def _prepare(self, topics: set[str]) -> None:
+        """Start the producer and create the topics, as needed."""
         if self._producer is None:
             producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, **self._options)
             try:
-                await asyncio.wait_for(producer.start(), self._timeout)
+                await producer.start()
             except BaseException:
-                await _bounded(producer.stop(), 5.0)
+                await _bounded(asyncio.shield(_discard(producer)), 2.0)
                 raise
             self._producer = producer
-        return self._producer
+        await self._ensure_topics(topics)
 
     async def _after_error(self, exc: BaseException) -> None:
         if isinstance(exc, PRODUCER_STATE_ERRORS) and self._producer is not None:

@@ -6,6 +6,9 @@ sleep (the test kills it).
 ``python fault_app.py fork   BOOTSTRAP PREFIX LOCAL_DIR COUNT CHILDREN``: emit
 from a parent and forked children at once; every process prints
 ``spool <dir>`` and its ids, then flushes.
+``python fault_app.py pool   BOOTSTRAP PREFIX LOCAL_DIR COUNT CHILDREN DURABILITY``:
+multiprocessing children (fork start method: they leave through ``os._exit``, no
+shutdown runs) emit COUNT events each and print their ids; the parent just exits.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import time
 import promptgov
 
 
-def _governor(bootstrap: str, prefix: str, local_dir: str) -> promptgov.Governor:
+def _governor(bootstrap: str, prefix: str, local_dir: str,
+              durability: str = "wal") -> promptgov.Governor:
     return promptgov.configure(app="fault-app", bootstrap_servers=bootstrap, topic_prefix=prefix,
-                               local_dir=local_dir, durability="wal",
+                               local_dir=local_dir, durability=durability,
                                producer={"request_timeout_ms": 3000})
 
 
@@ -68,5 +72,27 @@ def fork(bootstrap: str, prefix: str, local_dir: str, count: str, children: str)
     sys.stdout.flush()
 
 
+def _pool_child(count: int, label: str) -> None:
+    gov = promptgov.get_governor()
+    assert gov is not None
+    _emit(gov, count, label)
+
+
+def pool(bootstrap: str, prefix: str, local_dir: str, count: str, children: str,
+         durability: str) -> None:
+    import multiprocessing
+
+    _governor(bootstrap, prefix, local_dir, durability)
+    context = multiprocessing.get_context("fork")
+    processes = [context.Process(target=_pool_child, args=(int(count), f"child-{n}"))
+                 for n in range(int(children))]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+    sys.stdout.write(f"exitcodes {[p.exitcode for p in processes]}\n")
+    sys.stdout.flush()
+
+
 if __name__ == "__main__":
-    {"emit": emit, "fork": fork}[sys.argv[1]](*sys.argv[2:])
+    {"emit": emit, "fork": fork, "pool": pool}[sys.argv[1]](*sys.argv[2:])

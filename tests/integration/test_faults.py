@@ -72,6 +72,11 @@ def count_back(read_back: ReadBack, broker: KafkaBroker, prefix: str, emitted: s
     records = read_back(broker.bootstrap, [f"{prefix}.{t}" for t in topics], len(emitted),
                         timeout=90, linger=2.0)
     ids = Counter(orjson.loads(r.value)["event_id"] for r in records)
+    values: dict[str, set[bytes]] = {}
+    for record in records:
+        values.setdefault(orjson.loads(record.value)["event_id"], set()).add(record.value)
+    forked = [i for i, v in values.items() if len(v) > 1]
+    assert not forked, f"{len(forked)} event ids published with two different values"
     missing = emitted - set(ids)
     duplicates = sum(n - 1 for n in ids.values())
     report(emitted=len(emitted), delivered=len(emitted & set(ids)), missing=len(missing),
@@ -357,3 +362,74 @@ def test_outage_longer_than_every_timeout_no_duplicates(
     assert all(len(v) == 1 for v in values.values()), "an event id published with two values"
     assert duplicates == 0
     gov.shutdown(10)
+
+
+@pytest.mark.parametrize("durability", ["memory", "spill"])
+def test_multiprocessing_children_leaving_through_os_exit_lose_nothing(
+    broker: KafkaBroker, unique_topic_prefix: str, tmp_path: Path, read_back: ReadBack,
+    fault_report: Report, durability: str
+) -> None:
+    out = subprocess.run(
+        [sys.executable, str(APP), "pool", broker.bootstrap, unique_topic_prefix,
+         str(tmp_path), "1000", "4", durability],
+        capture_output=True, text=True, timeout=240, check=True)
+    lines = out.stdout.splitlines()
+    emitted = {line.split()[1] for line in lines if line.startswith("id ")}
+    assert len(emitted) == 4000 and "exitcodes [0, 0, 0, 0]" in lines
+    count_back(read_back, broker, unique_topic_prefix, emitted, fault_report,
+               durability=durability, processes=4)
+
+
+class _Blackhole:
+    """A TCP server that accepts connections and never answers (a hung broker)."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self._server = socket.socket()
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(64)
+        self.bootstrap = f"127.0.0.1:{self._server.getsockname()[1]}"
+        self._held: list[Any] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            self._held.append(conn)
+
+    def close(self) -> None:
+        self._server.close()
+        for conn in self._held:
+            conn.close()
+
+
+@pytest.mark.parametrize("timeout", [0.0, 2.0])
+def test_broker_that_never_answers_shutdown_keeps_its_deadline(
+    broker: KafkaBroker, unique_topic_prefix: str, tmp_path: Path, read_back: ReadBack,
+    fault_report: Report, timeout: float
+) -> None:
+    hole = _Blackhole()
+    try:
+        gov = Governor(app="faults", bootstrap_servers=hole.bootstrap,
+                       topic_prefix=unique_topic_prefix, local_dir=tmp_path,
+                       register_atexit=False, durability="spill")  # default producer timeouts
+        emit = emitter(gov)
+        emitted = {emit(i) for i in range(500)}
+        assert not gov.flush(1.0).complete
+        started = time.monotonic()
+        report = gov.shutdown(timeout)
+        took = time.monotonic() - started
+    finally:
+        hole.close()
+    assert took < timeout + 3.0, took  # the deadline plus the bounded spill and close
+    assert report.spooled == 500, report  # nothing lost: all of it waits in the spool
+    restarted = governor(broker, unique_topic_prefix, tmp_path, durability="spill")
+    assert restarted.flush(90).complete
+    count_back(read_back, broker, unique_topic_prefix, emitted, fault_report,
+               shutdown_timeout=timeout, shutdown_seconds=round(took, 2))
+    restarted.shutdown(10)
