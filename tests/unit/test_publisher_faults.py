@@ -11,7 +11,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import pytest
@@ -37,7 +37,7 @@ class RecordingSink:
     (a timeout after the broker wrote the batch); ``hang`` sends never answer."""
 
     description = "recording://"
-    sent: dict[str, list[bytes]] = defaultdict(list)
+    sent: ClassVar[dict[str, list[bytes]]] = defaultdict(list)
     ambiguous = 0
     hang = False
 
@@ -227,7 +227,7 @@ def test_forked_children_that_leave_through_os_exit_lose_nothing(
     deadline = time.monotonic() + 60
     for pid in children:
         while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
+            done, _ = os.waitpid(pid, os.WNOHANG)
             if done:
                 break
             if time.monotonic() > deadline:
