@@ -249,3 +249,52 @@ def test_forked_children_that_leave_through_os_exit_lose_nothing(
 
 if sys.platform == "win32":  # pragma: no cover
     pytest.skip("POSIX only", allow_module_level=True)
+
+
+@pytest.mark.parametrize("durability", ["memory", "spill", "wal"])
+def test_lone_surrogates_anywhere_still_publish_the_event(tmp_path: Path,
+                                                          durability: str) -> None:
+    gov = make_gov(tmp_path, durability=durability)
+
+    @gov.tool(name="lookup")
+    def lookup(**kwargs: Any) -> dict[str, Any]:
+        return {"k\udcff": "v\udcff"}
+
+    bad = "x\udcffy"
+    with gov.use(), promptgov.interaction(user_id=bad, tenant_id=bad, conversation_id=bad,
+                                          session_id=bad, attributes={bad: bad}):
+        lookup(**{bad: {bad: bad}})
+        gov.policy_decision("allow", reasons=[bad], attributes={bad: 1})
+    assert gov.flush(10).complete
+    events = read_local_events(tmp_path)
+    assert [e["event_type"] for e in events] == ["tool_call", "policy_decision"]
+    assert events[0]["user_id"] == events[0]["tenant_id"] == "x?y"  # replaced
+    stats = gov.stats()
+    assert stats["dead_lettered"] == stats["internal_errors"] == stats["dropped"] == 0
+    assert stats["warnings"].get("invalid_utf8", 0) >= 1
+    gov.shutdown(5)
+
+
+@pytest.mark.parametrize("durability", ["memory", "wal"])
+def test_an_event_that_cannot_be_processed_leaves_no_content_in_the_dead_letter_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durability: str) -> None:
+    from promptgov.governance.processor import EventProcessor
+
+    def broken(self: EventProcessor, event: dict[str, Any]) -> list[Record]:
+        raise RuntimeError("a bug while governing")
+
+    monkeypatch.setattr(EventProcessor, "govern", broken)
+    gov = make_gov(tmp_path, durability=durability)
+
+    @gov.tool(name="mail")
+    def mail(to: str, body: str) -> str:
+        return "sent to bob@example.com"
+
+    with gov.use():
+        mail("bob@example.com", "card 4111 1111 1111 1111")
+    assert gov.flush(10).complete
+    dead = (tmp_path / "dead-letter.jsonl").read_bytes()
+    assert dead.count(b"\n") == 1 and b"processing failed" in dead
+    assert b"bob@example.com" not in dead and b"4111" not in dead
+    assert gov.stats()["dead_lettered"] == 1
+    gov.shutdown(5)
