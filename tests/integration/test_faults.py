@@ -6,6 +6,7 @@ emitted / delivered (distinct) / duplicates in the run's summary (``fault ...``)
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -334,10 +335,12 @@ def test_fork_parent_and_children_all_delivered(broker: KafkaBroker, unique_topi
 @pytest.mark.parametrize("durability", ["memory", "spill", "wal"])
 def test_outage_longer_than_every_timeout_no_duplicates(
     broker: KafkaBroker, unique_topic_prefix: str, tmp_path: Path, read_back: ReadBack,
-    fault_report: Report, durability: str
+    fault_report: Report, durability: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Sends time out while the broker is down; the timed-out producer must not deliver
-    behind the publisher's back once the broker returns (no duplicates, one value per id)."""
+    behind the publisher's back once the broker returns (no duplicates, one value per id).
+    The outage is logged by promptgov twice (start, recovery), not by aiokafka."""
+    caplog.set_level(logging.INFO)
     gov = governor(broker, unique_topic_prefix, tmp_path, durability=durability)
     emit = emitter(gov)
     emitted = [emit(i) for i in range(10)]
@@ -362,6 +365,11 @@ def test_outage_longer_than_every_timeout_no_duplicates(
     assert all(len(v) == 1 for v in values.values()), "an event id published with two values"
     assert duplicates == 0
     gov.shutdown(10)
+    ours = [r for r in caplog.records if r.threadName.startswith("promptgov-")]
+    assert not [r for r in ours if r.name.startswith("aiokafka")]
+    messages = [r.getMessage() for r in ours if r.name == "promptgov"]
+    assert sum("cannot deliver" in m for m in messages) == 1, messages
+    assert sum("resumed after" in m for m in messages) == 1, messages
 
 
 @pytest.mark.parametrize("durability", ["memory", "spill"])
