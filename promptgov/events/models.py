@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_serializer, field_validator
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 EventType = Literal[
     "prompt",
@@ -102,7 +102,11 @@ class Lineage(_Model):
     source_partition: int | None = None
     source_offset: int | None = None
     source_event_id: str | None = None
+    source_event_type: str | None = None
+    source_occurred_at: str | None = None
     stage: str | None = None
+    stage_version: str | None = None
+    output_index: int | None = None
 
 
 class ErrorInfo(_Model):

@@ -290,7 +290,8 @@ class EventProcessor:
                                 redaction, occurred_ns)]
         if mode == "raw":
             raw = self._cut_all(payload, {}, None)[0] if long_strings else payload
-            records.append(self._record(event, raw, "raw", None, occurred_ns))
+            # what the redacted copy replaced: lets a redact stage detect changed findings
+            records.append(self._record(event, raw, "raw", redaction, occurred_ns))
         return records
 
     # --- envelope -----------------------------------------------------------

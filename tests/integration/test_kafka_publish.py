@@ -100,7 +100,7 @@ def test_every_kind_is_published_with_every_field(
     assert prompt["prompt_template"] == {"id": "qa", "version": "2"}
     assert prompt["policy"] == {"id": "default-policy", "version": "1"}
     assert prompt["attributes"] == {"deployment": "blue"}
-    assert prompt["sdk"]["name"] == "promptgov" and prompt["schema_version"] == "1.0"
+    assert prompt["sdk"]["name"] == "promptgov" and prompt["schema_version"] == "1.1"
     assert prompt["classification"] == "redacted"
     assert "bob@example.org" not in prompt["payload"]["messages"][0]["content"]
     assert {"kind": "email", "field": "payload.messages[0].content", "count": 1} in \
@@ -174,13 +174,13 @@ def test_headers_follow_the_cloudevents_kafka_binding(
     (record,) = read_back(kafka_bootstrap, f"{unique_topic_prefix}.feedback", 1)
     event = orjson.loads(record.value)
     assert record.key == b"sess-h"  # no conversation: the session keys the record
-    assert record.header("ce_specversion") == b"1.0"
+    assert record.header("ce_specversion") == b"1.1"
     assert record.header("ce_id") == event_id.encode()
     assert record.header("ce_type") == b"io.promptgov.feedback"
     assert record.header("ce_source") == b"/promptgov/itest/ci"
     assert record.header("ce_time") == event["occurred_at"].encode()
     assert record.header("content-type") == b"application/json"
-    assert record.header("promptgov_schema_version") == b"1.0"
+    assert record.header("promptgov_schema_version") == b"1.1"
     traceparent = record.header("traceparent")
     assert traceparent is not None and traceparent.startswith(b"00-")
     assert len(traceparent.split(b"-")) == 4
