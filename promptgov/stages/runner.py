@@ -68,7 +68,8 @@ class StageRunner:
     """One copy of a stage. Start more copies (processes, machines) to scale out.
 
     ``client_options`` go to the consumer, the producers and the admin client
-    (security settings: ``security_protocol``, ``ssl_context``, ``sasl_*``).
+    (security settings: ``security_protocol``, ``ssl_context``, ``sasl_*``);
+    ``consumer_options`` to the consumer only (``session_timeout_ms``...).
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class StageRunner:
         topic_prefix: str = "promptgov",
         batch_size: int = 500,
         client_options: Mapping[str, Any] | None = None,
+        consumer_options: Mapping[str, Any] | None = None,
         create_topics: bool = True,
         topic_partitions: int = 6,
         topic_replication_factor: int = 1,
@@ -89,6 +91,7 @@ class StageRunner:
         self.prefix = topic_prefix
         self.batch_size = batch_size
         self.client_options = dict(client_options or {})
+        self.consumer_options = dict(consumer_options or {})
         self.create_topics = create_topics
         self.partitions = topic_partitions
         self.replication = topic_replication_factor
@@ -125,7 +128,7 @@ class StageRunner:
             bootstrap_servers=self.bootstrap, group_id=self.group_id,
             enable_auto_commit=False, isolation_level="read_committed",
             auto_offset_reset="earliest", client_id=f"promptgov-stage-{self.stage.name}",
-            **self.client_options)
+            **{**self.client_options, **self.consumer_options})
         self._consumer = consumer
         consumer.subscribe(self.stage.input_topics(self.prefix), listener=_Listener(self))
         await consumer.start()
