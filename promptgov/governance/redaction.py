@@ -19,12 +19,12 @@ ranges, ``ipaddress``, entropy) confirm candidates. Scanning is linear in the te
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import math
 import re
+import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias, runtime_checkable
 
@@ -71,6 +71,8 @@ _Span = tuple[int, int, str]
 
 _ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _WORD = _ALNUM | {"_"}
+_DIGITS = frozenset("0123456789")
+_ALNUM_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 _SHAPE = bytes.maketrans(b"123456789", b"000000000")  # every ASCII digit becomes b"0"
 _RUN0 = re.compile(rb"0+")
 _LUHN_DOUBLE = str.maketrans("0123456789", "0246813579")
@@ -79,26 +81,68 @@ _HAS_DIGIT = re.compile(r"[0-9]")
 
 # --- e-mail --------------------------------------------------------------------------------
 
-# Anchored on "@" (a literal, so the scan is fast); the local part is recovered with rstrip.
+# Anchored on "@" (a literal, so the scan is fast); the local part is recovered backwards.
+# ASCII text is matched on the byte view; other text with a Unicode pattern (IDN domains,
+# internationalised local parts), both with the same structure.
 _EMAIL_AT = re.compile(
-    rb"@(?<=[A-Za-z0-9._%+\-]@)"
-    rb"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
-    rb"(?![A-Za-z0-9\-])"
+    rb"@(?<=[A-Za-z0-9._%+\-'!#&\"]@)"
+    rb"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+"
+    rb"(?:[A-Za-z]{2,63}|xn--[A-Za-z0-9\-]{1,59})(?![A-Za-z0-9\-])"
 )
-_EMAIL_LOCAL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-"
+_EMAIL_AT_UNICODE = re.compile(
+    r"@(?<=[^\W_]@|[._%+\-'!#&\"]@)"
+    r"(?:[^\W_](?:[\w\-]{0,61}[^\W_])?\.)+"
+    r"(?:[^\W\d_]{2,63}|xn--[A-Za-z0-9\-]{1,59})(?![\w\-])"
+)
+_EMAIL_LOCAL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-'!#&"
+_EMAIL_LOCAL_CHARS = frozenset(_EMAIL_LOCAL.decode())
+_EMAIL_LEADING = ".'!#&%+-"  # not kept at the start of a local part ("'jane@x.org'")
 
 # --- digit-based detectors, matched on the "shape" view (digits -> "0") ------------------
 
-# payment cards: 13-19 digits, single spaces/dashes between groups
-_CARD = re.compile(rb"0(?<![A-Za-z0-9_.,]0)(?:0|[ \-](?=0)){12,25}(?![A-Za-z0-9_])")
-# phones: each repeat unit holds exactly one digit, so the body has 8-17 digits
-_PHONE = re.compile(
-    rb"0(?<![A-Za-z0-9_.,/\-]0)(?:0|[ .\-]\(?0|\(0|\)[ .\-]?0){7,16}"
-    rb"(?![A-Za-z0-9_]|[.,/\-]0)"
+# One pass over the shape view finds the candidates of three detectors, told apart by their
+# look-behind: an IBAN from its check digits (two letters before), an IPv4 address (group 1),
+# or a payment card / phone number (group 2): a run of 8-25 digits with single separators
+# (spaces, dashes, dots, slashes, parentheses), each repeat unit holding exactly one digit.
+_NUMBERS = re.compile(
+    rb"0(?<!00)(?:"  # "(?<!00)": most digits continue a number, rejected at once
+    rb"(?<=[A-Za-z][A-Za-z]0)(?<![A-Za-z0-9_][A-Za-z][A-Za-z]0)0(?:[ \-]?[A-Za-z0]){11,34}"
+    rb"|(?<![A-Za-z0-9_.]0)(0{0,2}\.0{1,3}\.0{1,3}\.0{1,3})(?![A-Za-z0-9_]|\.0)"
+    rb"|(?<![A-Za-z0-9_.,]0)((?:0|[ .\-/]\(?0|\(0|\)[ .\-]?0){7,24})(?![A-Za-z0-9_])"
+    rb")"
 )
-# IBAN: matched from the check digits, the country code is checked by look-behind
-_IBAN = re.compile(rb"00(?<=[A-Z][A-Z]00)(?<![A-Za-z0-9_][A-Z][A-Z]00)(?: ?[A-Z0]){11,30}")
-_IPV4 = re.compile(rb"0(?<![A-Za-z0-9_.]0)0{0,2}\.0{1,3}\.0{1,3}\.0{1,3}(?![A-Za-z0-9_]|\.0)")
+# an IBAN of each registered length, from its country code; one kind of separator
+_IBAN_BODY = {
+    length: re.compile(
+        rb"[A-Za-z]{2}00(?:[A-Za-z0]{%d}|(?: ?[A-Za-z0]){%d}|(?:-?[A-Za-z0]){%d})"
+        % (length - 4, length - 4, length - 4)
+    )
+    for length in range(15, 35)
+}
+_IBAN_SEPARATORS = str.maketrans("", "", " -")
+_IBAN_DIGITS = str.maketrans({chr(c): str(c - 55) for c in range(65, 91)})  # A=10 ... Z=35
+
+# Labels that make a number an identifier rather than a phone number, card or address: the
+# word directly before the number ("order no. 123-456-7890", "firmware 2.4.1.3").
+_ID_WORDS = frozenset(
+    ("order", "invoice", "inv", "ticket", "case", "ref", "reference", "tracking", "track",
+     "sku", "rma", "po", "part", "serial", "s/n", "sn", "model", "zip", "postal", "postcode",
+     "plz", "isbn", "ean", "upc", "gtin", "imei", "lot", "batch", "booking", "confirmation",
+     "transaction", "txn", "loan", "claim", "barcode", "item", "article", "product")
+)  # fmt: skip
+_VERSION_WORDS = frozenset(
+    ("v", "ver", "version", "build", "firmware", "fw", "release", "rel", "section", "sec",
+     "table", "tab", "figure", "fig", "chapter", "ch", "clause", "article", "art", "revision",
+     "rev", "paragraph", "para", "appendix", "annex", "edition", "patch", "oid", "driver",
+     "bios", "kernel", "sdk", "python", "java", "ios", "android", "macos", "windows", "chrome",
+     "firefox", "safari", "kb")
+)  # fmt: skip
+_NUMBER_WORDS = frozenset({"", "no", "nr", "number", "num", "id", "code", "#"})
+_LABEL_STRIP = ".,:;#-()[]\"'=@/"
+_VERSION_NEXT = ("release", "changelog", "beta", "alpha", "hotfix", "build")  # "1.2.3.4 beta"
+_CARD_CONTEXT = re.compile(
+    r"card|visa|credit|debit|\bcc\b|\bpan\b|karte|carte|tarjeta|cart[aã]o|payment|amex"
+)
 
 # --- IPv6 (anchored on ":hex:" fragments) ------------------------------------------------
 
@@ -109,42 +153,129 @@ _HEX = frozenset("0123456789ABCDEFabcdef")
 
 # --- secrets with a recognisable prefix -------------------------------------------------
 
-_PEM_BEGIN = re.compile(rb"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
+# the closing dashes are optional: a header cut short still starts a (cut) key block
+_PEM_BEGIN = re.compile(rb"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-{0,5}")
 _PEM_END = re.compile(rb"-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
 _JWT = re.compile(
     rb"eyJ(?<![A-Za-z0-9_\-]eyJ)[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]*"
 )
-_SK_KEY = re.compile(rb"sk-(?<![A-Za-z0-9_\-]sk-)[A-Za-z0-9_\-]{20,}")  # OpenAI, Anthropic
-_STRIPE_KEY = re.compile(rb"k_(?<=[rs]k_)(?<![A-Za-z0-9_][rs]k_)(?:live|test)_[A-Za-z0-9]{10,}")
-_GITHUB_TOKEN = re.compile(
-    rb"g(?<![A-Za-z0-9_]g)(?:h[oprsu]_[A-Za-z0-9]{30,}|ithub_pat_[A-Za-z0-9_]{22,})"
+
+
+def _after(prefix: bytes, body: bytes, sep: bytes) -> bytes:
+    """One alternative of a separator-anchored key pattern: ``prefix`` + ``sep`` + ``body``.
+
+    The pattern is anchored on ``sep`` (a literal, so the regex engine skips ahead); the
+    prefix is checked by look-behind, with no letter or digit before it.
+    """
+    whole = re.escape(prefix + sep)
+    return rb"(?<=%s)(?<![A-Za-z0-9]%s)%s" % (whole, whole, body)
+
+
+# keys whose provider prefix ends with "_" (anchored on the "_")
+_UNDERSCORE_KEYS = re.compile(
+    rb"_(?<=[a-z0-9]_)(?:"
+    + b"|".join(
+        (
+            _after(b"hf", rb"[A-Za-z]{30,40}(?![A-Za-z0-9])", b"_"),  # Hugging Face
+            _after(b"npm", rb"[A-Za-z0-9]{36}(?![A-Za-z0-9])", b"_"),
+            _after(b"whsec", rb"[A-Za-z0-9+/=]{24,}", b"_"),  # Stripe webhook secret
+            _after(b"gsk", rb"[A-Za-z0-9]{40,}", b"_"),  # Groq
+            _after(b"r8", rb"[A-Za-z0-9]{30,}", b"_"),  # Replicate
+            _after(b"sbp", rb"[a-f0-9]{40}", b"_"),  # Supabase
+            rb"(?<=gh[oprsu]_)(?<![A-Za-z0-9]gh[oprsu]_)[A-Za-z0-9]{30,}",  # GitHub
+            _after(b"github", rb"pat_[A-Za-z0-9_]{22,}", b"_"),
+            _after(b"lin", rb"(?:api|oauth)_[A-Za-z0-9]{32,}", b"_"),  # Linear
+            rb"(?<=shp(?:at|ss|ca|pa)_)(?<![A-Za-z0-9]shp(?:at|ss|ca|pa)_)[a-fA-F0-9]{32}",
+            rb"(?<=do[opr]_)(?<![A-Za-z0-9]do[opr]_)v1_[a-f0-9]{64}",  # DigitalOcean
+            rb"(?<=[rs]k_)(?<![A-Za-z0-9][rs]k_)(?:live|test)_[A-Za-z0-9]{10,}",  # Stripe
+        )
+    )
+    + rb")"
 )
-_SLACK_TOKEN = re.compile(rb"xox[abeoprs]-(?<![A-Za-z0-9]xox[abeoprs]-)[A-Za-z0-9\-]{10,}")
-_A_KEYS = re.compile(  # AWS access key ids, Google API keys
-    rb"A(?:(?<![A-Za-z0-9]A)[KS]IA[0-9A-Z]{16}(?![A-Za-z0-9])"
-    rb"|(?<![A-Za-z0-9_\-]A)Iza[0-9A-Za-z_\-]{35}(?![A-Za-z0-9_\-]))"
+# keys whose provider prefix ends with "-" (anchored on the "-")
+_DASH_KEYS = re.compile(
+    rb"-(?<=[A-Za-z0-9]-)(?:"
+    + b"|".join(
+        (
+            _after(b"sk", rb"[A-Za-z0-9_\-]{20,}", b"-"),  # OpenAI, Anthropic
+            rb"(?<=gl(?:pat|ptt|cbt|imt|oas)-)(?<![A-Za-z0-9]gl(?:pat|ptt|cbt|imt|oas)-)"
+            rb"[A-Za-z0-9_\-]{20,}",  # GitLab
+            rb"(?<=gl(?:dt|rt|ft)-)(?<![A-Za-z0-9]gl(?:dt|rt|ft)-)[A-Za-z0-9_\-]{20,}",
+            rb"(?<=xox[abeoprs]-)(?<![A-Za-z0-9]xox[abeoprs]-)[A-Za-z0-9\-]{10,}",  # Slack
+            _after(b"xapp", rb"[0-9]-[A-Za-z0-9\-]{20,}", b"-"),
+            _after(b"GOCSPX", rb"[A-Za-z0-9_\-]{24,}", b"-"),  # Google OAuth client secret
+            _after(b"pypi", rb"AgE[A-Za-z0-9_\-]{50,}", b"-"),
+            _after(b"PMAK", rb"[a-f0-9]{24}-[a-f0-9]{34}", b"-"),  # Postman
+            _after(b"pplx", rb"[A-Za-z0-9]{40,}", b"-"),  # Perplexity
+            _after(b"xai", rb"[A-Za-z0-9]{60,}", b"-"),
+            _after(b"django", rb"insecure-[^\s\"'`]{30,}", b"-"),  # Django SECRET_KEY
+        )
+    )
+    + rb")"
 )
+_A_KEYS = re.compile(  # AWS access key ids, Google API keys, Twilio account SIDs
+    rb"A(?<![A-Za-z0-9]A)(?:[KS]IA[0-9A-Z]{16}|Iza[0-9A-Za-z_\-]{35}|C[0-9a-f]{32})"
+    rb"(?![A-Za-z0-9_\-])"
+)
+_S_KEYS = re.compile(  # Twilio API key SIDs, SendGrid
+    rb"S(?<![A-Za-z0-9]S)(?:K[0-9a-f]{32}(?![A-Za-z0-9])|G\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43})"
+)
+_DATABRICKS = re.compile(rb"dapi(?<![A-Za-z0-9]dapi)[a-f0-9]{32}(?:-[0-9])?(?![A-Za-z0-9])")
+# an AWS secret access key written right after its access key id ("AKIA...,secret")
+_AWS_PAIR = re.compile(rb"[ \t]{0,3}[,;:|/\t][ \t]{0,3}([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])")
+_WEBHOOKS = (
+    (
+        re.compile(rb"hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/\-]{20,}"),
+        b"hooks.slack.com/",
+    ),
+    (
+        re.compile(rb"discord(?:app)?\.com/api/webhooks/[0-9]{15,20}/[A-Za-z0-9_\-]{40,}"),
+        b"discord",
+    ),
+)
+_URL_CREDENTIALS = re.compile(rb"://[^\s:/?#@\[\]\"'<>]{0,64}:([^\s/?#@\"'<>]{1,128})@")
 
 # --- keyword-based detectors, matched on the lower-cased view ----------------------------
 
 _AUTH_HEADER = re.compile(
-    rb"authorization[\"']?[ \t]{0,3}[:=][ \t]{0,3}[\"']?"
-    rb"(?:(bearer|basic|token|digest|negotiate|ntlm|apikey)[ \t]+)?"
-    rb"([a-z0-9._~+/=\-]+)"
+    rb"authorization\\?[\"']?[ \t]{0,3}[:=][ \t]{0,3}\\?[\"']?"
+    rb"(?:(bearer|basic|token|digest|negotiate|ntlm|apikey|api-key|sso-key)[ \t]+)?"
+    rb"([a-z0-9._~+/=\-_]+)"
 )
-_BEARER = re.compile(rb"bearer(?<![a-z0-9_]bearer)[ \t]+([a-z0-9._~+/\-]{16,}=*)")
-_SECRET_KEYWORDS = (b"key", b"secret", b"token", b"passw", b"pwd")
+_BEARER = re.compile(rb"bearer(?<![a-z0-9_]bearer)[ \t]+([a-z0-9._~+/\-_]{16,}=*)")
+# Keywords that introduce a secret. "pass" covers password, passwd, passphrase, passcode,
+# Passwort and mot de passe; the value rules decide.
+_SECRET_KEYWORDS = (b"key", b"secret", b"token", b"pass", b"pwd")
+_PASSWORD_KEYWORDS = frozenset({b"pass", b"pwd"})
+_PASSWORD_KEYWORDS_SCAN = (b"pass", b"pwd")
 _SECRET_SCAN = 256  # value characters checked per keyword; longer values are still redacted
 # after a keyword: a suffix such as "_id", an optional closing quote, ":" or "=", an optional
 # opening quote, then the value (token-like for keys, almost anything for passwords)
-_ASSIGN = rb"[a-z0-9_\-]{0,24}[\"']?[ \t]{0,3}[:=][ \t]{0,3}[\"']?"
-_TOKEN_VALUE = rb"[^\s\"'`,;&<>(){}\[\]=]"
-_PASSWORD_VALUE = rb"[^\s\"'`,;]"
-_SECRET_TAIL = re.compile(_ASSIGN + rb"(%s{8,%d}={0,2})" % (_TOKEN_VALUE, _SECRET_SCAN))
-_SECRET_REST = re.compile(_TOKEN_VALUE + rb"*={0,2}")
-_PASSWORD_TAIL = re.compile(_ASSIGN + rb"(%s{8,%d})" % (_PASSWORD_VALUE, _SECRET_SCAN))
-_PASSWORD_REST = re.compile(_PASSWORD_VALUE + rb"*")
+_ASSIGN = re.compile(
+    rb"([a-z0-9_\-?]{0,24})\\?[\"']?[ \t]{0,3}(?::=|=>|->|[:=])[ \t]{0,3}(\\?[\"'`])?"
+)
+# "my password is x", "the token was x", "password x" (the verb is optional for passwords)
+_PHRASE = re.compile(
+    rb"([a-z0-9_\-?]{0,24})[ \t]{1,3}((?:is|was|ist|est|es)[ \t]{1,3}:?[ \t]{0,3})?(\\?[\"'`])?"
+)
+_TOKEN_VALUE = re.compile(rb"[^\s\"'`,;&<>(){}\[\]=\\\x00]{1,%d}={0,2}" % _SECRET_SCAN)
+_TOKEN_REST = re.compile(rb"[^\s\"'`,;&<>(){}\[\]=\\\x00]*={0,2}")
+_PASSWORD_VALUE = re.compile(rb"[^\s\"'`,;\\\x00]{1,%d}" % _SECRET_SCAN)
+_PASSWORD_REST = re.compile(rb"[^\s\"'`,;\\\x00]*")
+_QUOTED_MAX = 512
+# keyword suffixes naming something other than the secret ("token_type", "password_url")
+_NOT_SECRET_SUFFIX = re.compile(
+    rb"url|uri|endpoint|polic|reset|length|len\b|min|max|type|name|field|label|hint|path|file"
+    rb"|format|prefix|header|rotat|expir|ttl|count|size|version|mode|usage|limit|strength"
+    rb"|manag|store|provider|service|class|algo|less|izer|board|word_?protect"
+)
+_NOT_SECRET_ID = re.compile(rb"(?:^|[_\-])ids?$")  # key_id, token_id (not secret_id)
 _TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_.~=-")
+_IDENTIFIER_PART = r"(?:[A-Z]?[a-z]+(?:[A-Z][a-z]+)*|[A-Z]{1,6}|[0-9]{1,4})"
+_IDENTIFIER = re.compile(rf"{_IDENTIFIER_PART}(?:[\-_./:]{_IDENTIFIER_PART})*")
+_ALL_CAPS_NAME = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+")  # YOUR_API_KEY, ACCESS_TOKEN
+_MASK_CHARS = frozenset("*xX.-_#•")
+_VOWELS = frozenset("aeiouy")
 
 # --- IBAN lengths by country (ISO 13616 registry) ----------------------------------------
 
@@ -217,7 +348,7 @@ class DefaultRedactor:
     __slots__ = ("_enabled", "_extra", "_flags", "_max", "_placeholders")
 
     name: str = "promptgov.default"
-    version: str = "1"
+    version: str = "2"  # detection rules; reported with every finding
 
     def __init__(
         self,
@@ -282,6 +413,22 @@ class DefaultRedactor:
             counts[TRUNCATED_KIND] = 1
         return "".join(pieces), counts
 
+    def find_kinds(self, text: str) -> set[str]:
+        """Return the kinds found in ``text``, without building the redacted copy.
+
+        The result equals the keys of ``redact_text(text)[1]``: each kind that would be
+        redacted (overlapping matches count under the kind that wins the merge), plus
+        ``"truncated"`` when ``text`` is longer than ``max_text_length``. Meant for cheap
+        checks such as "does this user id contain PII?".
+        """
+        truncated = len(text) > self._max
+        if truncated:
+            text = text[: self._max]
+        kinds = {kind for _, _, kind in _merge(self._scan(text))}
+        if truncated:
+            kinds.add(TRUNCATED_KIND)
+        return kinds
+
     def redact(self, value: JSONValue, path: str = "") -> tuple[JSONValue, list[Finding]]:
         """Return a redacted copy of ``value`` (never mutated) and findings per (kind, field).
 
@@ -311,44 +458,35 @@ class DefaultRedactor:
         spans: list[_Span] = []
         for kind, pattern in self._extra:
             spans.extend((m.start(), m.end(), kind) for m in pattern.finditer(text) if m.group())
+        len_extra = len(spans)
         if len(text) < 6:  # shorter than any built-in match ("a@b.co")
             return spans
         private_key, email, api_key, jwt, bearer, secret, ip, card, iban, phone = self._flags
-        # Every detector is gated by a fast substring test on ``text`` (``str`` membership:
-        # ``bytes`` membership costs ~10x more on short strings). Matching runs on ``view``:
-        # one byte per code point (non-ASCII -> "?"), so offsets equal those in ``text``.
-        view = text.encode("ascii", "replace")
+        # Every detector is gated by a fast test on ``text`` (membership of one character is
+        # a memchr). Matching runs on ``view``: one byte per code point (non-ASCII -> "?"),
+        # so offsets equal those in ``text``.
+        view = bytearray(text.encode("ascii", "replace"))
         if private_key and "-----BEGIN" in text:
             _find_private_keys(view, spans)
         if email and "@" in text:
-            _find_emails(view, spans)
-        if api_key and ("A" in text or "_" in text or "-" in text):
+            _find_emails(text, view, spans)
+        if api_key:
             _find_api_keys(text, view, spans)
         if jwt and "J" in text:
-            spans.extend((m.start(), m.end(), "jwt") for m in _JWT.finditer(view))
-        assignment = ":" in text or "=" in text  # "key: ...", "Authorization: ..."
-        if (secret and assignment) or (
-            bearer
-            and (
-                assignment
-                or (("b" in text or "B" in text) and ("earer" in text or "EARER" in text))
-            )
-        ):
-            _find_keyword_secrets(text, view, bearer, secret and assignment, assignment, spans)
+            spans.extend((m.start(), m.end(), "jwt") for m in _matches(_JWT, view, b"eyJ"))
+        # The whole tokens found so far are blanked (NUL bytes) for the detectors that
+        # follow: a key is not re-examined as a secret value, its digits are not numbers.
+        for start, end, _ in spans[len_extra:]:
+            view[start:end] = bytes(end - start)
+        if secret and "://" in text:
+            _find_url_credentials(text, view, spans)
+        if bearer or secret:
+            _find_keyword_secrets(text, view, bearer, secret, spans)
         if ip and ":" in text:
             _find_ipv6(text, view, spans)
         if (card or iban or phone or ip) and _has_digit(text):
-            shape = view.translate(_SHAPE)  # every digit -> b"0": patterns start with a literal
-            if card:
-                _find_cards(text, shape, spans)
-            if iban:
-                _find_ibans(text, shape, spans)
-            if phone:
-                _find_phones(text, shape, spans)
-            if ip and "." in text:
-                for m in _IPV4.finditer(shape):
-                    if _valid_ipv4(text[m.start() : m.end()]):
-                        spans.append((m.start(), m.end(), "ip_address"))
+            shape = view.translate(_SHAPE)  # every digit -> "0": patterns start with a literal
+            _find_numbers(text, shape, iban, card, phone, ip and "." in text, spans)
         return spans
 
 
@@ -412,13 +550,133 @@ def _char_classes(s: str, *, symbols: bool = False) -> int:
 def _entropy(s: str) -> float:
     """Shannon entropy in bits per character."""
     size = len(s)
-    return -sum(c / size * math.log2(c / size) for c in Counter(s).values())
+    if size >= len(_C_LOG_C):
+        return -sum(c / size * math.log2(c / size) for c in Counter(s).values())
+    # log2(n) - sum(c * log2(c)) / n, with c * log2(c) looked up
+    return math.log2(size) - sum(map(_C_LOG_C.__getitem__, map(s.count, set(s)))) / size
+
+
+_C_LOG_C = [0.0] + [c * math.log2(c) for c in range(1, 1024)]
+
+
+def _word_before(text: str, pos: int, *, skip_number_words: bool = True) -> str:
+    """The word (lower case, no punctuation) directly before ``pos``; with
+    ``skip_number_words``, the one before "no."/"number"/"#" ("order no. 123")."""
+    words = text[max(0, pos - 32) : pos].lower().split()
+    word = words.pop().strip(_LABEL_STRIP) if words else ""
+    if skip_number_words and word in _NUMBER_WORDS and words:
+        word = words.pop().strip(_LABEL_STRIP)
+    return word
+
+
+# --- value heuristics -----------------------------------------------------------------------
+
+
+def _is_placeholder(value: str) -> bool:
+    """``YOUR_API_KEY``, ``********``, ``<token>``, ``${SECRET}``, ``xxxx``..."""
+    lower = value.lower()
+    if (
+        "your" in lower
+        or "xxxx" in lower
+        or "***" in value
+        or "<" in value
+        or "${" in value
+        or "{{" in value
+        or "placeholder" in lower
+        or "redacted" in lower
+    ):
+        return True
+    if value.isupper() and "_" in value and _ALL_CAPS_NAME.fullmatch(value) is not None:
+        return True
+    return len(set(value)) <= 2 or _MASK_CHARS.issuperset(value)
+
+
+def _is_identifier(value: str) -> bool:
+    """Words in CamelCase, kebab-, snake- or path-case: ``TokenManager``, ``signing-key-2024``."""
+    return _IDENTIFIER.fullmatch(value) is not None
+
+
+def _looks_token(value: str, *, quoted: bool) -> bool:
+    """A generic secret value (after ``token=``, ``api_key:``...): long, varied, not a name."""
+    if len(value) < 16:
+        return False
+    if quoted:
+        if any(c.isspace() for c in value):
+            return False
+    elif not _TOKEN_CHARS.issuperset(value):
+        return False
+    return (
+        _char_classes(value) >= 2
+        and _high_entropy(value)
+        and not _is_placeholder(value)
+        and not _is_identifier(value)
+    )
+
+
+def _high_entropy(value: str) -> bool:
+    """At least 3 bits per character (20+ distinct characters: taken as such)."""
+    distinct = len(set(value))
+    return distinct >= 20 or (distinct >= 8 and _entropy(value) >= 3.0)
+
+
+def _looks_password(value: str, *, strict: bool) -> bool:
+    """A password value; ``strict`` when no ``:``, ``=`` or verb introduced it."""
+    if len(value) < 8 or _is_placeholder(value) or "://" in value:
+        return False
+    if strict:  # "password Summer2024!": a letter and a digit or a symbol, or a passphrase
+        return any(c.isalpha() for c in value) and (
+            any(c.isdigit() or (not c.isalnum() and c not in "-.'") for c in value)
+            or value.count("-") >= 3
+        )
+    return _char_classes(value, symbols=True) >= 2
+
+
+def _looks_bearer(token: str) -> bool:
+    if _is_placeholder(token):
+        return False
+    if _char_classes(token) >= 2:
+        return True
+    letters = token.rstrip("=")
+    if len(letters) < 20 or not letters.isalpha():
+        return False
+    # one letter case only: random (few vowels, or high entropy), not an English word
+    vowels = sum(c in _VOWELS for c in letters.lower())
+    return vowels < 0.3 * len(letters) or _entropy(letters) >= 3.6
 
 
 # --- detectors ------------------------------------------------------------------------------
 
 
-def _find_private_keys(view: bytes, spans: list[_Span]) -> None:
+_FIND_LIMIT = 6
+
+
+def _matches(pattern: re.Pattern[bytes], buf: bytearray, anchor: bytes) -> list[re.Match[bytes]]:
+    """``list(pattern.finditer(buf))`` for a pattern that starts with the literal ``anchor``.
+
+    The regex engine scans about 2 ns per byte; ``find`` locates an anchor at memchr speed.
+    When the anchor is rare it is found with ``find`` and matched in place; otherwise the
+    engine scans (the cost is linear either way).
+    """
+    if len(anchor) == 1 and buf.count(anchor) > _FIND_LIMIT:
+        return list(pattern.finditer(buf))
+    found: list[re.Match[bytes]] = []
+    pos = buf.find(anchor)
+    tries = 0
+    while pos != -1:
+        tries += 1
+        if tries > _FIND_LIMIT:  # not that rare after all
+            found.extend(pattern.finditer(buf, pos))
+            break
+        m = pattern.match(buf, pos)
+        if m is None:
+            pos = buf.find(anchor, pos + 1)
+        else:
+            found.append(m)
+            pos = buf.find(anchor, m.end())
+    return found
+
+
+def _find_private_keys(view: bytearray, spans: list[_Span]) -> None:
     pos = 0
     while (begin := _PEM_BEGIN.search(view, pos)) is not None:
         end = _PEM_END.search(view, begin.end())
@@ -429,53 +687,156 @@ def _find_private_keys(view: bytes, spans: list[_Span]) -> None:
         pos = end.end()
 
 
-def _find_emails(view: bytes, spans: list[_Span]) -> None:
-    for m in _EMAIL_AT.finditer(view):
-        at = m.start()
-        window = view[max(0, at - 65) : at]
-        local = len(window) - len(window.rstrip(_EMAIL_LOCAL))
-        start = at - local
-        while start < at and view[start] == 0x2E:  # no leading "."
-            start += 1
-        if 0 < at - start <= 64 and local <= 64 and m.end() - at <= 254:
-            spans.append((start, m.end(), "email"))
+def _find_emails(text: str, view: bytearray, spans: list[_Span]) -> None:
+    ascii_text = text.isascii()
+    if ascii_text:
+        found: Iterable[re.Match[bytes] | re.Match[str]] = _matches(_EMAIL_AT, view, b"@")
+    else:  # ASCII domains on the byte view, others (IDN) with the Unicode pattern
+        found = _emails_mixed(text, view)
+    size = len(text)
+    for m in found:
+        at, end = m.span()
+        if end - at > 254:
+            continue
+        start = _email_start(text, view, at, ascii_text)
+        if start is None:
+            continue
+        if end + 1 < size and text[end] == ":" and not text[end + 1].isspace():
+            continue  # "git@github.com:org/repo.git": an SSH remote, not an address
+        if start and text[start - 1] == ":" and _in_url_authority(text, start):
+            continue  # "scheme://user:password@host": URL credentials, found as a secret
+        spans.append((start, end, "email"))
 
 
-def _find_api_keys(text: str, view: bytes, spans: list[_Span]) -> None:
-    # patterns start with a literal, so running them is as cheap as a substring gate
-    if "-" in text:
-        for m in _SK_KEY.finditer(view):
-            if _char_classes(text[m.start() + 3 : m.end()]) >= 2:
-                spans.append((m.start(), m.end(), "api_key"))
-        spans.extend((m.start(), m.end(), "api_key") for m in _SLACK_TOKEN.finditer(view))
+def _emails_mixed(text: str, view: bytearray) -> Iterator[re.Match[bytes] | re.Match[str]]:
+    at = view.find(b"@")
+    while at != -1:
+        m: re.Match[bytes] | re.Match[str] | None = _EMAIL_AT.match(view, at)
+        if m is None or view[m.end() : m.end() + 1] == b"?":  # "?": maybe a non-ASCII letter
+            m = _EMAIL_AT_UNICODE.match(text, at)
+        if m is not None:
+            yield m
+        at = view.find(b"@", at + 1)
+
+
+def _email_start(text: str, view: bytearray, at: int, ascii_text: bool) -> int | None:
+    """Start of the local part that ends at ``at`` (the "@"), or None."""
+    if text[at - 1] == '"':  # quoted local part: "john doe"@example.org (maybe JSON-escaped)
+        quote = text.rfind('"', max(0, at - 66), at - 1)
+        if quote == -1 or "\n" in text[quote:at]:
+            return None
+        if quote and text[quote - 1] == "\\":
+            quote -= 1
+        return quote
+    window = view[max(0, at - 65) : at]
+    start = at - (len(window) - len(window.rstrip(_EMAIL_LOCAL)))
+    if not ascii_text and start and view[start - 1] == 0x3F:  # "?": maybe a non-ASCII letter
+        limit = max(0, at - 65)  # internationalised local part: letters of any script
+        while start > limit and _local_char(text[start - 1]):
+            start -= 1
+    if at - start > 64:
+        return None
+    while start < at and text[start] in _EMAIL_LEADING:
+        start += 1
+    return start if start < at else None
+
+
+def _local_char(c: str) -> bool:
+    if c in _EMAIL_LOCAL_CHARS:
+        return True
+    return c > "\x7f" and (c.isalnum() or unicodedata.category(c).startswith("M"))
+
+
+def _in_url_authority(text: str, pos: int) -> bool:
+    window = text[max(0, pos - 200) : pos]
+    scheme = window.rfind("://")
+    return scheme != -1 and not any(c.isspace() for c in window[scheme:])
+
+
+def _word_start(view: bytearray, pos: int) -> int:
+    """Start of the run of letters and digits that ends at ``pos`` (a key's prefix)."""
+    window = view[max(0, pos - 16) : pos]
+    return pos - (len(window) - len(window.rstrip(_ALNUM_BYTES)))
+
+
+def _varied(body: str) -> bool:
+    """A key body, not a placeholder such as ``ghp_XXXX...``."""
+    return _char_classes(body) >= 2 and len(set(body)) >= 8
+
+
+def _find_api_keys(text: str, view: bytearray, spans: list[_Span]) -> None:
+    # every pattern starts with a literal, so running it is as cheap as a substring gate
     if "_" in text:
-        spans.extend((m.start(), m.end(), "api_key") for m in _GITHUB_TOKEN.finditer(view))
-        if "k_live_" in text or "k_test_" in text:
-            spans.extend((m.start() - 1, m.end(), "api_key") for m in _STRIPE_KEY.finditer(view))
+        for m in _matches(_UNDERSCORE_KEYS, view, b"_"):
+            if len(set(text[m.start() + 1 : m.end()])) >= 8:  # not "ghp_XXXX..."
+                spans.append((_word_start(view, m.start()), m.end(), "api_key"))
+    if "-" in text:
+        for m in _matches(_DASH_KEYS, view, b"-"):
+            start = _word_start(view, m.start())
+            if _varied(text[m.start() + 1 : m.end()]):
+                kind = "secret" if view.startswith(b"django", start) else "api_key"
+                spans.append((start, m.end(), kind))
     if "A" in text:
-        spans.extend((m.start(), m.end(), "api_key") for m in _A_KEYS.finditer(view))
+        for m in _matches(_A_KEYS, view, b"A"):
+            start, end = m.span()
+            if len(set(text[start:end])) < 8:
+                continue
+            spans.append((start, end, "api_key"))
+            if view[start + 2] == 0x49:  # "AKIA"/"ASIA": maybe followed by its secret key
+                pair = _AWS_PAIR.match(view, end)
+                if pair is not None and _char_classes(text[pair.start(1) : pair.end(1)]) >= 3:
+                    spans.append((pair.start(1), pair.end(1), "api_key"))
+    if "S" in text:
+        for m in _matches(_S_KEYS, view, b"S"):
+            if _varied(text[m.start() + 2 : m.end()]):
+                spans.append((m.start(), m.end(), "api_key"))
+    if "dapi" in text:
+        spans.extend((m.start(), m.end(), "api_key") for m in _matches(_DATABRICKS, view, b"dapi"))
+    if "/" in text:
+        for pattern, anchor in _WEBHOOKS:
+            for m in _matches(pattern, view, anchor):
+                start = m.start()
+                for scheme in (b"https://", b"http://"):
+                    if view.startswith(scheme, start - len(scheme)):
+                        start -= len(scheme)
+                        break
+                spans.append((start, m.end(), "api_key"))
+
+
+def _find_url_credentials(text: str, view: bytearray, spans: list[_Span]) -> None:
+    for m in _matches(_URL_CREDENTIALS, view, b"://"):
+        start, end = m.span(1)
+        value = text[start:end]
+        if not _is_placeholder(value) and value[0] != "$":
+            spans.append((start, end, "secret"))
 
 
 def _find_keyword_secrets(
-    text: str, view: bytes, bearer: bool, secret: bool, assignment: bool, spans: list[_Span]
+    text: str, view: bytearray, bearer: bool, secret: bool, spans: list[_Span]
 ) -> None:
+    assignment = ":" in text or "=" in text  # "key: ...", "Authorization: ..."
     lower = view.lower()
     if bearer:
-        if assignment and lower.find(b"authorization") != -1:
-            for m in _AUTH_HEADER.finditer(lower):
+        if assignment:
+            for m in _matches(_AUTH_HEADER, lower, b"authorization"):
                 start, end = m.span(2)
                 token = text[start:end]
+                if _is_placeholder(token):
+                    continue
                 if m.group(1) is not None or (len(token) >= 16 and _char_classes(token) >= 2):
                     spans.append((start, end, "bearer_token"))
-        if lower.find(b"bearer") != -1:
-            for m in _BEARER.finditer(lower):
-                start, end = m.span(1)
-                if _char_classes(text[start:end]) >= 2:
-                    spans.append((start, end, "bearer_token"))
+        for m in _matches(_BEARER, lower, b"bearer"):
+            start, end = m.span(1)
+            if _looks_bearer(text[start:end]):
+                spans.append((start, end, "bearer_token"))
     if not secret:
         return
+    # without ":" or "=", only "my token is x" and "password x" can introduce a secret
+    keywords: tuple[bytes, ...] = (
+        _SECRET_KEYWORDS if assignment or lower.find(b" is ") != -1 else _PASSWORD_KEYWORDS_SCAN
+    )
     hits: list[tuple[int, bytes]] = []
-    for keyword in _SECRET_KEYWORDS:
+    for keyword in keywords:
         pos = lower.find(keyword)
         while pos != -1:
             hits.append((pos, keyword))
@@ -485,34 +846,65 @@ def _find_keyword_secrets(
     for pos, keyword in hits:
         if pos < covered:
             continue
-        password = keyword in (b"passw", b"pwd")
-        tail = (_PASSWORD_TAIL if password else _SECRET_TAIL).match(lower, pos + len(keyword))
-        if tail is None:
-            continue
-        start, end = tail.span(1)
-        value = text[start:end].rstrip(".")
-        if _looks_secret(value, password=password):
-            if end - start >= _SECRET_SCAN:  # long value: redact all of it
-                rest = (_PASSWORD_REST if password else _SECRET_REST).match(lower, end)
-                end = rest.end() if rest is not None else end
-            else:
-                end = start + len(value)
-            spans.append((start, end, "secret"))
-            covered = end
+        found = _secret_value(text, lower, pos + len(keyword), keyword)
+        if found is not None:
+            spans.append((found[0], found[1], "secret"))
+            covered = found[1]
 
 
-def _looks_secret(value: str, *, password: bool) -> bool:
-    if password:
-        return len(value) >= 8 and _char_classes(value, symbols=True) >= 2
-    return (
-        len(value) >= 16
-        and _TOKEN_CHARS.issuperset(value)
-        and _char_classes(value) >= 2
-        and _entropy(value) >= 3.0
-    )
+def _secret_value(text: str, lower: bytearray, pos: int, keyword: bytes) -> tuple[int, int] | None:
+    """The span of the secret value introduced by the keyword that ends at ``pos``."""
+    password = keyword in _PASSWORD_KEYWORDS
+    strict = False
+    m = _ASSIGN.match(lower, pos)
+    if m is not None:
+        quote = m.group(2)
+    else:
+        m = _PHRASE.match(lower, pos)
+        if m is None or (m.group(2) is None and not password):
+            return None
+        strict = m.group(2) is None and m.group(3) is None
+        quote = m.group(3)
+    suffix = m.group(1)
+    if suffix and (
+        _NOT_SECRET_SUFFIX.search(suffix) is not None
+        or (keyword in (b"key", b"token") and _NOT_SECRET_ID.search(suffix) is not None)
+    ):
+        return None
+    start = m.end()
+    if start < len(lower) and lower[start] == 0:
+        return None  # already found (a key, a JWT...)
+    if quote:  # the value runs to the closing quote
+        close = lower.find(quote, start, start + _QUOTED_MAX)
+        if close != -1 and lower.find(b"\n", start, close) == -1:
+            value = text[start:close]
+            ok = (
+                _looks_password(value, strict=False)
+                if password
+                else _looks_token(value, quoted=True)
+            )
+            return (start, close) if ok else None
+    value_match = (_PASSWORD_VALUE if password else _TOKEN_VALUE).match(lower, start)
+    if value_match is None:
+        return None
+    end = value_match.end()
+    value = text[start:end]
+    if strict or m.re is _PHRASE:
+        check = value.rstrip(".,;:!?)")
+        end = start + len(value.rstrip(".,;:)"))
+    else:
+        check = value.rstrip(".")
+        end = start + len(check)
+    ok = _looks_password(check, strict=strict) if password else _looks_token(check, quoted=False)
+    if not ok:
+        return None
+    if value_match.end() - start >= _SECRET_SCAN:  # long value: redact all of it
+        rest = (_PASSWORD_REST if password else _TOKEN_REST).match(lower, value_match.end())
+        end = rest.end() if rest is not None else value_match.end()
+    return start, end
 
 
-def _find_ipv6(text: str, view: bytes, spans: list[_Span]) -> None:
+def _find_ipv6(text: str, view: bytearray, spans: list[_Span]) -> None:
     pos = 0
     while (hint := _IPV6_HINT.search(view, pos)) is not None:
         window = view[max(0, hint.start() - 40) : hint.start()]
@@ -533,146 +925,264 @@ def _find_ipv6(text: str, view: bytes, spans: list[_Span]) -> None:
 
 def _valid_ipv6(candidate: str) -> bool:
     address = candidate.partition("%")[0]
-    # skip trivial forms such as "::", "::1" or slice syntax like "1::2"
-    groups = [g for g in address.split(":") if g]
-    if len(groups) < 2 or sum(c in _HEX for c in address) < 4:
+    head, double, tail = address.partition("::")
+    if "::" in tail or len(address) - address.count(":") < 4:
+        return False  # two "::", or a trivial form such as "::1" or slice syntax ("1::2")
+    parts = (head.split(":") if head else []) + (tail.split(":") if tail else [])
+    size = len(parts)
+    if parts and "." in parts[-1]:  # an IPv4 tail: ::ffff:192.0.2.1
+        v4 = parts.pop()
+        if v4.count(".") != 3 or not v4.replace(".", "").isdigit() or not _valid_ipv4(v4):
+            return False
+        size += 1
+    if size < 2 or not _HEX.issuperset("".join(parts)) or not all(0 < len(p) <= 4 for p in parts):
         return False
-    try:
-        ipaddress.IPv6Address(candidate)
-    except ValueError:
+    return size <= 7 if double else size == 8
+
+
+def _ipv4_span(text: str, start: int, end: int) -> bool:
+    if not _valid_ipv4(text[start:end]):
         return False
-    return True
+    if start >= 2 and text[start - 1] == "/" and text[start - 2] in _ALNUM:
+        return False  # a product token such as "Chrome/120.0.0.0"
+    word = _word_before(text, start, skip_number_words=False)
+    if word in _VERSION_WORDS or word.endswith("version"):
+        return False  # "version 1.2.3.4", "OID 2.5.4.3", "AssemblyVersion(\"1.0.0.0\")"
+    after = text[end : end + 1]
+    if after == "-":
+        return not text[end + 1 : end + 2].isalpha()  # "1.0.0.0-SNAPSHOT", "2.1.0.4-rc1"
+    return after != " " or not text[end + 1 : end + 10].lower().startswith(_VERSION_NEXT)
 
 
 def _valid_ipv4(candidate: str) -> bool:
     # the pattern guarantees four dot-separated runs of 1-3 digits
-    return all(
-        int(octet) <= 255 and (octet[0] != "0" or len(octet) == 1) for octet in candidate.split(".")
+    a, b, c, d = candidate.split(".")
+    return (
+        int(a) < 256
+        and int(b) < 256
+        and int(c) < 256
+        and int(d) < 256
+        and (a[0] != "0" or len(a) == 1)  # no leading zeros (octal notation, versions)
+        and (b[0] != "0" or len(b) == 1)
+        and (c[0] != "0" or len(c) == 1)
+        and (d[0] != "0" or len(d) == 1)
     )
 
 
-def _find_cards(text: str, shape: bytes, spans: list[_Span]) -> None:
+def _find_numbers(
+    text: str,
+    shape: bytearray,
+    iban: bool,
+    card: bool,
+    phone: bool,
+    ip: bool,
+    spans: list[_Span],
+) -> None:
+    """IBANs, IPv4 addresses, payment cards (13-19 digits), phone numbers (8-17 digits)."""
     pos = 0
-    while (m := _CARD.search(shape, pos)) is not None:
-        hit = _card_window(text, shape, m.start(), m.end())
-        if hit is None:
-            pos = m.end()
+    while True:
+        for m in _NUMBERS.finditer(shape, pos):
+            start, end = m.span()
+            group = m.lastindex
+            if group is None:  # an IBAN's check digits: the match may run past the IBAN
+                found = _iban_span(text, shape, start - 2) if iban else None
+                if found is not None:
+                    spans.append((found[0], found[1], "iban"))
+                pos = start + 1 if found is None else found[1]
+                break  # scan again from there
+            if group == 1:
+                if ip and _ipv4_span(text, start, end):
+                    spans.append((start, end, "ip_address"))
+                continue
+            chunk = b"0" + m.group(2)  # the candidate's shape
+            digits = chunk.count(b"0")
+            if card and digits >= 13:
+                hit = _card_in(text, chunk, start, digits)
+                if hit is not None:
+                    spans.append((hit[0], hit[1], "payment_card"))
+                    if hit[1] < end:  # what follows may be another card ("4111 ... 5555 ...")
+                        pos = hit[1]
+                        break
+                    continue
+            if phone and digits <= 17:
+                found = _phone_span(text, chunk, start, end, digits)
+                if found is not None:
+                    spans.append((found[0], found[1], "phone"))
         else:
-            spans.append((hit[0], hit[1], "payment_card"))
-            pos = hit[1]
+            return
 
 
-def _card_window(text: str, shape: bytes, start: int, end: int) -> tuple[int, int] | None:
-    """Find the widest run of whole digit groups in a candidate that is a valid card number.
+# card numbers as written: compact, groups of four with one kind of separator, 4-6-5 (Amex)
+# and 4-6-4 (Diners)
+_CARD_LAYOUT = re.compile(
+    rb"0{13,19}|0{4}([ \-./])0{4}\1(?:0{4}\1)0{4}(?:\1?0{1,3})?|0{4}([ \-./])0{6}\2?0{4,5}"
+)
+_CARD_SEPARATORS = str.maketrans("", "", " -./")
+_GROUPS = re.compile(rb"(0+)([^0]*)")  # digit groups and the separator after each
+
+
+def _card_in(text: str, chunk: bytes, start: int, digits: int) -> tuple[int, int] | None:
+    """The widest run of whole digit groups in a candidate that is a valid card number.
 
     Grouped numbers use one kind of separator and groups of 3+ digits (only the last group
-    may be shorter), which keeps the search short.
+    may be shorter; with dots or slashes, only the usual layouts), which keeps this short.
     """
-    total = shape.count(b"0", start, end)
-    if total < 13 or shape.find(b"000", start, end) == -1:
-        return None
-    groups = [g.span() for g in _RUN0.finditer(shape, start, end)]
-    if len(groups) == 1:
-        return (start, end) if _valid_card(text[start:end]) else None
-    if (  # fast path: the whole candidate is a well-formed card number
-        total <= 19
-        and len({shape[b] for _, b in groups[:-1]}) == 1
-        and min(b - a for a, b in groups[:-1]) >= 3
-        and _valid_card("".join(text[a:b] for a, b in groups))
-    ):
-        return start, end
+    end = start + len(chunk)
+    layout = _CARD_LAYOUT.fullmatch(chunk) if digits <= 19 else None
+    if layout is not None:
+        number = text[start:end].translate(_CARD_SEPARATORS)
+        # grouped as a card ("4111 1111 1111 1111"): no need to look for an "EAN" label
+        valid = _valid_card(text, start, number, labelled=digits == len(chunk))
+        return (start, end) if valid else None
+    parts = _GROUPS.findall(chunk)
+    sizes = [len(group) for group, _ in parts]
+    offsets = [0] * len(parts)
+    for i in range(1, len(parts)):
+        offsets[i] = offsets[i - 1] + sizes[i - 1] + len(parts[i - 1][1])
+    count = len(parts)
     best: tuple[int, int] | None = None
-    for first in range(len(groups)):
-        digits = 0
-        for last in range(first, len(groups)):
-            a, b = groups[last]
-            digits += b - a
-            if digits > 19 or (last > first and shape[a - 1] != shape[groups[first][1]]):
-                break  # too long, or a different separator
-            if (
-                digits >= 13
-                and (best is None or b - groups[first][0] > best[1] - best[0])
-                and _valid_card("".join(text[x:y] for x, y in groups[first : last + 1]))
-            ):
-                best = (groups[first][0], b)
-            if b - a < 3:
+    for first in range(count):
+        if first and parts[first - 1][1] in (b".", b"/"):
+            continue  # after a decimal point or a slash: part of another number
+        separator = parts[first][1]
+        total = 0
+        for last in range(first, count):
+            if last > first and (len(separator) != 1 or parts[last - 1][1] != separator):
+                break  # one kind of single-character separator
+            total += sizes[last]
+            if total > 19:
+                break
+            if total >= 13 and (last + 1 == count or parts[last][1] not in (b".", b"/")):
+                s0, e0 = start + offsets[first], start + offsets[last] + sizes[last]
+                if (
+                    (best is None or e0 - s0 > best[1] - best[0])
+                    and (
+                        last == first
+                        or separator not in (b".", b"/")
+                        or _CARD_LAYOUT.fullmatch(chunk, offsets[first], e0 - start) is not None
+                    )
+                    and _valid_card(text, s0, text[s0:e0].translate(_CARD_SEPARATORS))
+                ):
+                    best = (s0, e0)
+            if sizes[last] < 3:
                 break
     return best
 
 
-def _valid_card(digits: str) -> bool:
-    # major networks start with 2-6; 13-digit numbers are Visa only
-    if not 13 <= len(digits) <= 19 or digits[0] not in "23456":
-        return False
-    if len(digits) == 13 and digits[0] != "4":
+def _card_network(digits: str) -> bool:
+    """The number's issuer prefix and length belong to a card network."""
+    n = len(digits)
+    first = digits[0]
+    if first == "4":  # Visa (13 digits: checked for context by the caller)
+        return n in (13, 16, 19)
+    if first == "5":  # Mastercard 51-55; Maestro 50, 56-58
+        return n == 16 if "1" <= digits[1] <= "5" else 16 <= n <= 19 and digits[1] != "9"
+    if first == "2":  # Mir 2200-2204; Mastercard 2221-2720
+        d4 = digits[:4]
+        return ("2200" <= d4 <= "2204" and 16 <= n <= 19) or ("2221" <= d4 <= "2720" and n == 16)
+    if first == "3":  # Amex 34/37; JCB 3528-3589; Diners 300-305, 3095, 36, 38, 39
+        d2 = digits[:2]
+        if d2 in ("34", "37"):
+            return n == 15
+        if "3528" <= digits[:4] <= "3589":
+            return 16 <= n <= 19
+        return 14 <= n <= 19 and (
+            d2 in ("36", "38", "39") or "300" <= digits[:3] <= "305" or digits[:4] == "3095"
+        )
+    if first == "6":  # Discover, UnionPay, Maestro, RuPay
+        return 16 <= n <= 19
+    if first == "8":  # UnionPay / RuPay 81-82
+        return digits[1] in "12" and n == 16
+    return False
+
+
+def _valid_card(text: str, start: int, digits: str, *, labelled: bool = True) -> bool:
+    if not 13 <= len(digits) <= 19 or not _card_network(digits):
         return False
     # Luhn: digit bytes are 48 + value; every second digit from the right is doubled (mod 9)
     plain = digits[-1::-2].encode()
     doubled = digits[-2::-2].translate(_LUHN_DOUBLE).encode()
-    return (sum(plain) + sum(doubled) - 48 * len(digits)) % 10 == 0
+    if (sum(plain) + sum(doubled) - 48 * len(digits)) % 10 != 0:
+        return False
+    if labelled and _word_before(text, start) in _ID_WORDS:  # "EAN 4006381333931", "IMEI"
+        return False
+    # 13-digit numbers are far more often EAN-13 barcodes than (old) Visa cards
+    before = text[max(0, start - 40) : start].lower()
+    return len(digits) != 13 or _CARD_CONTEXT.search(before) is not None
 
 
-def _find_ibans(text: str, shape: bytes, spans: list[_Span]) -> None:
-    for m in _IBAN.finditer(shape):
-        start = m.start() - 2
-        length = _IBAN_LENGTHS.get(text[start : start + 2])
-        if length is None:
-            continue
-        seen = 0
-        for end in range(start + 1, m.end() + 1):
-            if text[end - 1] != " ":
-                seen += 1
-                if seen == length:
-                    break
-        else:
-            continue  # shorter than this country's IBAN length
-        if end < len(text) and text[end] in _ALNUM:
-            continue  # the cut falls inside a longer token
-        iban = text[start:end].replace(" ", "")
-        rearranged = iban[4:] + iban[:4]
-        if int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1:
-            spans.append((start, end, "iban"))
-
-
-def _find_phones(text: str, shape: bytes, spans: list[_Span]) -> None:
-    for m in _PHONE.finditer(shape):
-        span = _phone_span(text, shape, m.start(), m.end())
-        if span is not None:
-            spans.append((span[0], span[1], "phone"))
-
-
-def _phone_span(text: str, shape: bytes, start: int, end: int) -> tuple[int, int] | None:
-    digits = shape.count(b"0", start, end)
-    lead = text[start - 1] if start else ""
-    if lead == "+":  # international: +CC, separators optional
-        if start >= 2 and (text[start - 2] in _WORD or text[start - 2] == "+"):
-            return None
-        if text[start] == "0" or not 8 <= digits <= 15:
-            return None
-        return start - 1, end
-    if digits > 12 and text[start : start + 2] != "00":
+def _iban_span(text: str, shape: bytearray, start: int) -> tuple[int, int] | None:
+    length = _IBAN_LENGTHS.get(text[start : start + 2].upper())
+    if length is None:
         return None
-    body = text[start:end]
-    groups = _DIGIT_RUN.findall(body)
-    if len(groups) < 2:  # a bare run of digits is an id, not a phone number
+    body = _IBAN_BODY[length].match(shape, start)
+    if body is None:
+        return None  # shorter than this country's IBAN length
+    end = body.end()
+    if end < len(text) and text[end] in _ALNUM:
+        return None  # the cut falls inside a longer token
+    iban = text[start:end].translate(_IBAN_SEPARATORS).upper()
+    if int((iban[4:] + iban[:4]).translate(_IBAN_DIGITS)) % 97 != 1:
         return None
-    if body.startswith("00"):  # 00 international prefix
-        return (start, end) if 10 <= digits <= 17 and body[2] != "0" else None
-    if digits < 8 or len(groups[0]) > 5 or max(map(len, groups)) > 8:
-        return None
-    separators = {s for s in _DIGIT_RUN.split(body)[1:-1] if "(" not in s and ")" not in s}
-    if "." in separators and len(separators) > 1:  # decimals such as "3.14 2.71"
-        return None
-    if separators == {"."} and len(groups) >= 3 and max(map(len, groups)) <= 3:
-        return None  # dotted numbers / versions such as 1.234.567
-    if _looks_like_date(groups):
-        return None
-    if lead == "(" and ")" in body.split("(", 1)[0]:
-        start -= 1
     return start, end
 
 
-def _looks_like_date(groups: list[str]) -> bool:
+def _phone_span(
+    text: str, chunk: bytes, start: int, end: int, digits: int
+) -> tuple[int, int] | None:
+    """The phone number in a candidate (``chunk`` is its shape), or None."""
+    lead = text[start - 1] if start else ""
+    if (
+        lead == "/"
+        or lead == "-"
+        or (  # part of a path, a range or a longer number
+            end + 1 < len(text) and text[end] in ".,/-" and text[end + 1] in _DIGITS
+        )
+    ):
+        return None
+    separators = chunk.translate(None, b"0")
+    if lead == "+":  # international: +CC, separators optional
+        if digits > 15 or text[start] == "0" or b"/" in separators:
+            return None
+        if start >= 2 and (text[start - 2] in _WORD or text[start - 2] == "+"):
+            return None
+        if separators == b".":
+            return None  # a signed decimal such as "+48.858400"
+        return start - 1, end
+    if not separators:  # a bare run of digits is an id, not a phone number
+        return None
+    trunk = text[start] == "0"
+    if trunk and text[start + 1] == "0":  # 00 international prefix
+        return (start, end) if digits >= 10 and text[start + 2] != "0" else None
+    if digits > 12:
+        return None
+    sizes = list(map(len, _RUN0.findall(chunk)))
+    if max(sizes) > 8 or sizes[0] > (6 if trunk else 5):
+        return None
+    if b"/" in separators and (
+        chunk[sizes[0] : sizes[0] + 1] != b"/" or separators.count(b"/") > 1 or not trunk
+    ):
+        return None  # a slash only after a trunk-prefixed area code: "030/1234567"
+    if len(sizes) == 2 and not trunk:
+        return None  # two groups without a trunk "0": ZIP+4, decimals, references
+    if b"." in separators and (separators.strip(b".") or not _dotted_phone(sizes, trunk)):
+        return None  # decimals ("3.14 2.71"), versions, IPs, dotted numbers ("1.234.567")
+    if 4 in sizes and min(sizes) <= 2 and _looks_like_date(text[start:end]):
+        return None
+    if lead == "(" and b")" in chunk.split(b"(", 1)[0]:
+        start -= 1
+    if _word_before(text, start) in _ID_WORDS:
+        return None  # "order no. 123-456-7890", "tracking 1234 5678 9012"
+    return start, end
+
+
+def _dotted_phone(sizes: list[int], trunk: bool) -> bool:
+    """Dotted national numbers: 415.555.2671 (US), 01.23.45.67.89 (France)."""
+    return sizes == [3, 3, 4] or (sizes == [2, 2, 2, 2, 2] and trunk)
+
+
+def _looks_like_date(number: str) -> bool:
+    groups = _DIGIT_RUN.findall(number)
     for a, b, c in zip(groups, groups[1:], groups[2:], strict=False):
         if len(a) == 4 and len(b) <= 2 and len(c) <= 2:
             year, month, day = int(a), int(b), int(c)

@@ -59,8 +59,42 @@ def test_email_detected(text: str, secret: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "address",
+    [
+        '"john doe"@example.org',  # quoted local part
+        '"jane@home"@example.org',
+        "josé.garcía@correo.es",  # internationalised local part
+        "用户@例子.广告",
+        "info@müller-bäckerei.de",  # IDN domain
+        "kontakt@xn--mller-kva.de",  # punycode
+        "user@mail.xn--p1ai",
+        "noah#novak@example.com",
+        "o'brien@example.ie",
+        "hello@studio.photography",
+    ],
+)
+def test_email_formats(address: str) -> None:
+    out = assert_redacted(f"mail {address} today", "email", address)
+    assert out == "mail [REDACTED:email] today"
+
+
+def test_json_escaped_quoted_email() -> None:
+    assert R.redact_text('{"to": "\\"john doe\\"@example.org"}')[1] == {"email": 1}
+
+
+@pytest.mark.parametrize(
     "text",
-    ["user@localhost", "an @ sign", "@handle on social", "foo@bar", "a@example.c", "a@@b.com"],
+    [
+        "user@localhost",
+        "an @ sign",
+        "@handle on social",
+        "foo@bar",
+        "a@example.c",
+        "a@@b.com",
+        "git clone git@github.com:acme/app.git",  # an SSH remote
+        "nginx@sha256:abc",
+        "lodash@4.17.21",
+    ],
 )
 def test_email_negative(text: str) -> None:
     assert "email" not in kinds_found(text)
@@ -91,6 +125,22 @@ def test_phone_detected(number: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "number",
+    [
+        "030/1234567",  # German area code with a slash
+        "01.43.70.00.98",  # French, dotted
+        "+1.415.555.2671",
+        "8 (800) 555-35-35",  # Russian
+        "(11) 91234-5678",  # Brazilian
+        "092203 69476",  # Indian, trunk prefix
+        "090-1234-5678",  # Japanese
+    ],
+)
+def test_phone_formats(number: str) -> None:
+    assert_redacted(f"Tel: {number}", "phone", number)
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "order 4155552671 shipped",  # plain 10-digit id
@@ -102,6 +152,12 @@ def test_phone_detected(number: str) -> None:
         "call 555-1234",  # only 7 digits
         "reference 12345678",  # bare digits
         "sum 1.234.567",  # dotted thousands
+        "ZIP 94103-1234",  # ZIP+4
+        "coordinates 48.858400, 2.294500",
+        "Chrome 120.0.6099.109",
+        "order number 415-555-2671 was cancelled",  # labelled as an order number
+        "FedEx tracking 7712 3456 7890",
+        "RMA 2024-117-5532 approved",
     ],
 )
 def test_phone_negative(text: str) -> None:
@@ -137,6 +193,21 @@ def test_card_detected(card: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "card",
+    [
+        "4111.1111.1111.1111",
+        "4111/1111/1111/1111",
+        "3782.822463.10005",
+        "3530 1113 3330 0000",  # JCB
+        "6200 0000 0000 0005",  # UnionPay
+        "2200 0000 0000 0004",  # Mir
+    ],
+)
+def test_card_separators_and_networks(card: str) -> None:
+    assert_redacted(f"pay with {card} please", "payment_card", card)
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "4111 1111 1111 1112",  # Luhn-invalid
@@ -146,6 +217,11 @@ def test_card_detected(card: str) -> None:
         "0000 0000 0000 0000",
         "id 4111111111111111a",  # part of a longer token
         "0.4111111111111111",  # decimal
+        "EAN 4006381333931",  # an EAN-13 barcode (Luhn-valid, starts with 4)
+        "barcode 4006381333931",
+        "IMEI 490154203237518",  # Luhn-valid, 15 digits, not a card network
+        "order #4111111111111111",
+        "version 4111.1111.1111.1111.2",
     ],
 )
 def test_card_negative(text: str) -> None:
@@ -185,6 +261,24 @@ def test_card_followed_by_other_digits() -> None:
 def test_iban_detected(iban: str) -> None:
     out = assert_redacted(f"IBAN: {iban} BIC DEUTDEFF", "iban", iban)
     assert out == "IBAN: [REDACTED:iban] BIC DEUTDEFF"
+
+
+@pytest.mark.parametrize(
+    "iban",
+    [
+        "de89 3704 0044 0532 0130 00",
+        "de89370400440532013000",
+        "DE89-3704-0044-0532-0130-00",
+        "gb82-west-1234-5698-7654-32",
+    ],
+)
+def test_iban_lower_case_and_dashes(iban: str) -> None:
+    assert_redacted(f"refund to {iban} please", "iban", iban)
+
+
+def test_two_ibans_in_a_row() -> None:
+    text = "DE89 3704 0044 0532 0130 00 or gb82 west 1234 5698 7654 32"
+    assert kinds_found(text) == {"iban": 2}
 
 
 @pytest.mark.parametrize(
@@ -229,6 +323,35 @@ def test_api_key_detected(key: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "key",
+    [
+        "glpat-Ab3dEf6hIj9kLm2nOp5q",  # GitLab
+        "hf_AbCdEfGhIjKlMnOpQrStUvWxYzAbCdEfGh",  # Hugging Face
+        "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",  # SendGrid
+        "whsec_Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXyZ0",  # Stripe webhook secret
+        "npm_Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXyZ0aB3c",
+        "SK0123456789abcdef0123456789abcdef",  # Twilio API key SID
+        "AC0123456789abcdef0123456789abcdef",  # Twilio account SID
+        "xapp-1-A0123ABCDEF-1234567890123-0123456789abcdef0123456789abcdef",  # Slack app
+        "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",  # Google OAuth client secret
+        "dop_v1_" + "0123456789abcdef" * 4,  # DigitalOcean
+        "shpat_0123456789abcdef0123456789abcdef",  # Shopify
+        "gsk_Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXyZ0aB3cD6eF9gH2iJ",  # Groq
+        "https://hooks.slack.com/services/T0ABCDEFG/B0ABCDEFGHI/AbCdEfGhIjKlMnOpQrStUvWx",
+    ],
+)
+def test_more_api_keys(key: str) -> None:
+    assert_redacted(f"use {key} please", "api_key", key)
+
+
+def test_aws_secret_after_its_access_key() -> None:
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    out, counts = R.redact_text(f"AKIAIOSFODNN7EXAMPLE,{secret}")
+    assert counts == {"api_key": 2}
+    assert secret not in out
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "task-management-system-for-teams",  # contains "sk-"
@@ -238,6 +361,10 @@ def test_api_key_detected(key: str) -> None:
         "AKIA",
         "the ghp_ prefix",
         "xox-not-a-token",
+        "ghp_XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",  # placeholders
+        "hf_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+        "glpat-xxxxxxxxxxxxxxxxxxxx",
+        "hf_hub_download(repo_id)",
     ],
 )
 def test_api_key_negative(text: str) -> None:
@@ -267,6 +394,28 @@ def test_secret_assignment_detected(text: str, value: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("my password is Summer2024!", "Summer2024!"),
+        ("login jane / password Tr0ub4dor&3", "Tr0ub4dor&3"),
+        ("the token is q8W2e4R6t8Y0u2I4z6X8, sorry", "q8W2e4R6t8Y0u2I4z6X8"),
+        ("Passwort: Gr33nH0use2024", "Gr33nH0use2024"),
+        ('auth_token = \\"fqCuKb4RzJducPOdOyf693iq\\"', "fqCuKb4RzJducPOdOyf693iq"),
+        ("SECRET_KEY = 'a8f(5f1)67f4&4f49=64e6c998'", "a8f(5f1)67f4&4f49=64e6c998"),
+        ("DATABASE_URL=postgres://app:S3cretPass@db.internal:5432/crm", "S3cretPass"),
+        ("redis://:Pa55word@cache:6379/0", "Pa55word"),
+    ],
+)
+def test_secret_phrases_and_urls(text: str, value: str) -> None:
+    out = assert_redacted(text, "secret", value)
+    assert out == text.replace(value, "[REDACTED:secret]")
+
+
+def test_url_without_password_has_no_secret() -> None:
+    assert "secret" not in kinds_found("postgres://app@db.internal/crm")
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "key: get_secret_from_vault",  # low-variety identifier
@@ -277,6 +426,14 @@ def test_secret_assignment_detected(text: str, value: str) -> None:
         "the key point is: simplicity",
         "monkey business",
         "secret = ${SECRET_VALUE}",
+        "token: AuthTokenProvider",  # product and class names
+        "secret: KubernetesSecretStore",
+        "key_id: signing-key-2024",
+        "token_type: Bearer",
+        "password_reset_url: https://example.com/reset",
+        "api_key: YOUR_API_KEY_HERE",
+        "password is required.",
+        "password must contain 1 digit",
     ],
 )
 def test_secret_assignment_negative(text: str) -> None:
@@ -315,12 +472,29 @@ def test_bearer_token_detected(text: str, token: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "token",
+    [
+        "xulkunvglqyximptlmsrrnla",  # one case, letters only: random, not a word
+        "8f14e45fceea167a5a36dedd4bea2543",
+        "ab_cd-ef.gh~ij+kl/mn0123",
+    ],
+)
+def test_bearer_token_formats(token: str) -> None:
+    assert_redacted(f"the app sends Bearer {token} in the header", "bearer_token", token)
+    assert_redacted(f"authorization: bearer {token}", "bearer_token", token)
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "bearer bonds are old-fashioned",
         "Bearer internationalization",  # no digits / mixed case
         "The Authorization: header is required",
         "authorization: required",
+        "Authorization: Bearer <token>",
+        "Authorization: Bearer $ACCESS_TOKEN",
+        "Authorization: Bearer YOUR_ACCESS_TOKEN",
+        "Bearer electroencephalographically",
     ],
 )
 def test_bearer_negative(text: str) -> None:
@@ -375,6 +549,26 @@ def test_unterminated_private_key_is_redacted_to_the_end() -> None:
     assert counts == {"private_key": 1}
 
 
+@pytest.mark.parametrize(
+    "cut",
+    [
+        PEM[:31],  # the header only
+        PEM[:29],  # the header itself cut
+        PEM.replace("\n", "\\n")[:90],  # JSON-escaped, cut
+        "-----BEGIN PGP PRIVATE KEY BLOCK-----\nVersion: GnuPG v2\n\nlQOYBF",
+    ],
+)
+def test_cut_private_key_variants(cut: str) -> None:
+    assert R.redact_text(f'"key": "{cut}') == ('"key": "[REDACTED:private_key]', {"private_key": 1})
+
+
+def test_private_key_cut_by_max_text_length() -> None:
+    redactor = DefaultRedactor(max_text_length=100)
+    out, counts = redactor.redact_text("key " + PEM + " more")
+    assert out == "key [REDACTED:private_key][REDACTED:truncated]"
+    assert counts == {"private_key": 1, "truncated": 1}
+
+
 def test_certificate_is_not_a_private_key() -> None:
     assert_untouched("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----")
 
@@ -413,10 +607,26 @@ def test_ip_detected(address: str) -> None:
         "std::vector<int>",
         "a[::2]",
         "mac 00:1a:2b:3c:4d:5e",
+        "version 1.2.3.4",
+        "firmware 2.4.1.3",
+        "OID 2.5.4.3",
+        "see section 4.2.1.3",
+        '[assembly: AssemblyVersion("1.0.0.0")]',
+        "Chrome/120.0.0.0 Safari/537.36",
+        "1.0.0.0-SNAPSHOT",
+        "4.2.0.1 release notes",
     ],
 )
 def test_ip_negative(text: str) -> None:
     assert_untouched(text)
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["http://10.0.0.1/admin", "10.0.0.0/8", "[2001:db8::1]:443", "x-forwarded-for: 10.1.2.3"],
+)
+def test_ip_in_urls_and_headers(address: str) -> None:
+    assert kinds_found(address) == {"ip_address": 1}
 
 
 # --- structures, paths and findings ------------------------------------------------------
@@ -546,6 +756,33 @@ def test_finding_is_frozen_and_slotted() -> None:
     assert not hasattr(finding, "__dict__")
 
 
+# --- find_kinds --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("identifier", "kinds"),
+    [
+        ("u-12345", set()),
+        ("550e8400-e29b-41d4-a716-446655440000", set()),
+        ("jane.doe@example.com", {"email"}),
+        ("session:+14155552671", {"phone"}),
+        ("user-4111111111111111", {"payment_card"}),
+        ("tenant 10.0.0.1 / jane@example.com", {"email", "ip_address"}),
+    ],
+)
+def test_find_kinds(identifier: str, kinds: set[str]) -> None:
+    assert R.find_kinds(identifier) == kinds
+    assert R.find_kinds(identifier) == set(R.redact_text(identifier)[1])
+
+
+def test_find_kinds_merges_like_redact_text() -> None:
+    text = f"Authorization: Bearer {JWT}"
+    assert R.find_kinds(text) == {"jwt"} == set(R.redact_text(text)[1])
+    short = DefaultRedactor(max_text_length=10)
+    assert short.find_kinds("a@example.com and more") == {"truncated"}
+    assert DefaultRedactor(kinds=["phone"]).find_kinds("a@example.com") == set()
+
+
 # --- configuration -----------------------------------------------------------------------
 
 
@@ -634,7 +871,7 @@ def test_protocol_and_null_redactor() -> None:
     assert null.redact(value, "x") == (value, [])
     assert isinstance(null, Redactor)
     assert isinstance(R, Redactor)
-    assert (R.name, R.version) == ("promptgov.default", "1")
+    assert (R.name, R.version) == ("promptgov.default", "2")
     assert null.name == "promptgov.null"
 
 
