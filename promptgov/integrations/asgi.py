@@ -144,6 +144,11 @@ class PromptgovMiddleware:
         """The request's interaction fields and its remote trace context, if any."""
         raw_headers: Iterable[tuple[bytes, bytes]] = scope.get("headers") or ()
         fields: dict[str, Any] = {}
+        # The trace context, unless a span is current already (an instrumentation outside).
+        propagator = None
+        if self._trace_context and not trace.get_current_span().get_span_context().is_valid:
+            propagator = self._propagator or propagate.get_global_textmap()
+        wanted = {f.lower().encode("latin-1") for f in propagator.fields} if propagator else ()
         carrier: dict[str, str] = {}
         for name, value in raw_headers:
             field = self._headers.get(name)
@@ -151,9 +156,8 @@ class PromptgovMiddleware:
                 text = value.decode("latin-1").strip()
                 if text:
                     fields[field] = text
-            if self._trace_context:
-                key = name.decode("latin-1")
-                text = value.decode("latin-1")
+            if name in wanted:
+                key, text = name.decode("latin-1"), value.decode("latin-1")
                 carrier[key] = f"{carrier[key]},{text}" if key in carrier else text
         if self._lineage is not None:
             try:
@@ -168,10 +172,7 @@ class PromptgovMiddleware:
                             fields["attributes"] = value
             except Exception:
                 self._fault("lineage callback")
-        remote = None
-        if self._trace_context and not trace.get_current_span().get_span_context().is_valid:
-            remote = (self._propagator.extract(carrier) if self._propagator is not None
-                      else propagate.extract(carrier))
+        remote = propagator.extract(carrier) if propagator is not None and carrier else None
         return fields, remote
 
     def _fault(self, what: str) -> None:
