@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -81,21 +80,22 @@ _HAS_DIGIT = re.compile(r"[0-9]")
 
 # --- e-mail --------------------------------------------------------------------------------
 
-# Anchored on "@" (a literal, so the scan is fast); the local part is recovered backwards.
+# Anchored on "@" (a literal, so the scan is fast); the local part is recovered backwards. At
+# most 126 labels (a domain has at most 253 characters): bounded backtracking per "@".
 # ASCII text is matched on the byte view; other text with a Unicode pattern (IDN domains,
 # internationalised local parts), both with the same structure.
 _EMAIL_AT = re.compile(
     rb"@(?<=[A-Za-z0-9._%+\-'!#&\"]@)"
-    rb"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+"
+    rb"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.){1,126}"
     rb"(?:[A-Za-z]{2,63}|xn--[A-Za-z0-9\-]{1,59})(?![A-Za-z0-9\-])"
 )
 _EMAIL_AT_UNICODE = re.compile(
     r"@(?<=[^\W_]@|[._%+\-'!#&\"]@)"
-    r"(?:[^\W_](?:[\w\-]{0,61}[^\W_])?\.)+"
+    r"(?:[^\W_](?:[\w\-]{0,61}[^\W_])?\.){1,126}"
     r"(?:[^\W\d_]{2,63}|xn--[A-Za-z0-9\-]{1,59})(?![\w\-])"
 )
 _EMAIL_LOCAL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-'!#&"
-_EMAIL_LOCAL_CHARS = frozenset(_EMAIL_LOCAL.decode())
+_EMAIL_LOCAL_REVERSED = re.compile(r"[\w\u0300-\u036f.%+\-'!#&]+")
 _EMAIL_LEADING = ".'!#&%+-"  # not kept at the start of a local part ("'jane@x.org'")
 
 # --- digit-based detectors, matched on the "shape" view (digits -> "0") ------------------
@@ -478,7 +478,7 @@ class DefaultRedactor:
         # follow: a key is not re-examined as a secret value, its digits are not numbers.
         for start, end, _ in spans[len_extra:]:
             view[start:end] = bytes(end - start)
-        if secret and "://" in text:
+        if secret:
             _find_url_credentials(text, view, spans)
         if bearer or secret:
             _find_keyword_secrets(text, view, bearer, secret, spans)
@@ -691,6 +691,8 @@ def _find_emails(text: str, view: bytearray, spans: list[_Span]) -> None:
     ascii_text = text.isascii()
     if ascii_text:
         found: Iterable[re.Match[bytes] | re.Match[str]] = _matches(_EMAIL_AT, view, b"@")
+    elif view.count(b"@") > _FIND_LIMIT:
+        found = _EMAIL_AT_UNICODE.finditer(text)
     else:  # ASCII domains on the byte view, others (IDN) with the Unicode pattern
         found = _emails_mixed(text, view)
     size = len(text)
@@ -731,20 +733,14 @@ def _email_start(text: str, view: bytearray, at: int, ascii_text: bool) -> int |
     window = view[max(0, at - 65) : at]
     start = at - (len(window) - len(window.rstrip(_EMAIL_LOCAL)))
     if not ascii_text and start and view[start - 1] == 0x3F:  # "?": maybe a non-ASCII letter
-        limit = max(0, at - 65)  # internationalised local part: letters of any script
-        while start > limit and _local_char(text[start - 1]):
-            start -= 1
+        # internationalised local part (letters of any script): matched backwards
+        local = _EMAIL_LOCAL_REVERSED.match(text[max(0, at - 65) : at][::-1])
+        start = at - (local.end() if local is not None else 0)
     if at - start > 64:
         return None
     while start < at and text[start] in _EMAIL_LEADING:
         start += 1
     return start if start < at else None
-
-
-def _local_char(c: str) -> bool:
-    if c in _EMAIL_LOCAL_CHARS:
-        return True
-    return c > "\x7f" and (c.isalnum() or unicodedata.category(c).startswith("M"))
 
 
 def _in_url_authority(text: str, pos: int) -> bool:
@@ -790,8 +786,7 @@ def _find_api_keys(text: str, view: bytearray, spans: list[_Span]) -> None:
         for m in _matches(_S_KEYS, view, b"S"):
             if _varied(text[m.start() + 2 : m.end()]):
                 spans.append((m.start(), m.end(), "api_key"))
-    if "dapi" in text:
-        spans.extend((m.start(), m.end(), "api_key") for m in _matches(_DATABRICKS, view, b"dapi"))
+    spans.extend((m.start(), m.end(), "api_key") for m in _matches(_DATABRICKS, view, b"dapi"))
     if "/" in text:
         for pattern, anchor in _WEBHOOKS:
             for m in _matches(pattern, view, anchor):
@@ -994,7 +989,7 @@ def _find_numbers(
                 if ip and _ipv4_span(text, start, end):
                     spans.append((start, end, "ip_address"))
                 continue
-            chunk = b"0" + m.group(2)  # the candidate's shape
+            chunk = m.group()  # the candidate's shape: b"0000 0000 0000 0000"
             digits = chunk.count(b"0")
             if card and digits >= 13:
                 hit = _card_in(text, chunk, start, digits)
