@@ -247,7 +247,7 @@ _BEARER = re.compile(rb"bearer(?<![a-z0-9_]bearer)[ \t]+([a-z0-9._~+/\-_]{16,}=*
 # Passwort and mot de passe; the value rules decide.
 _SECRET_KEYWORDS = (b"key", b"secret", b"token", b"pass", b"pwd")
 _PASSWORD_KEYWORDS = frozenset({b"pass", b"pwd"})
-_PASSWORD_KEYWORDS_SCAN = (b"pass", b"pwd")
+_PASSWORD_KEYWORDS_SCAN = (b"pass",)  # "password x" (no ":" or "=")
 _SECRET_SCAN = 256  # value characters checked per keyword; longer values are still redacted
 # after a keyword: a suffix such as "_id", an optional closing quote, ":" or "=", an optional
 # opening quote, then the value (token-like for keys, almost anything for passwords)
@@ -466,7 +466,7 @@ class DefaultRedactor:
         # a memchr). Matching runs on ``view``: one byte per code point (non-ASCII -> "?"),
         # so offsets equal those in ``text``.
         view = bytearray(text.encode("ascii", "replace"))
-        if private_key and "-----BEGIN" in text:
+        if private_key and "-" in text and "-----BEGIN" in text:
             _find_private_keys(view, spans)
         if email and "@" in text:
             _find_emails(text, view, spans)
@@ -478,7 +478,7 @@ class DefaultRedactor:
         # follow: a key is not re-examined as a secret value, its digits are not numbers.
         for start, end, _ in spans[len_extra:]:
             view[start:end] = bytes(end - start)
-        if secret:
+        if secret and ":" in text:
             _find_url_credentials(text, view, spans)
         if bearer or secret:
             _find_keyword_secrets(text, view, bearer, secret, spans)
@@ -786,7 +786,8 @@ def _find_api_keys(text: str, view: bytearray, spans: list[_Span]) -> None:
         for m in _matches(_S_KEYS, view, b"S"):
             if _varied(text[m.start() + 2 : m.end()]):
                 spans.append((m.start(), m.end(), "api_key"))
-    spans.extend((m.start(), m.end(), "api_key") for m in _matches(_DATABRICKS, view, b"dapi"))
+    if _has_digit(text):  # a Databricks token is 32 hex digits
+        spans.extend((m.start(), m.end(), "api_key") for m in _matches(_DATABRICKS, view, b"dapi"))
     if "/" in text:
         for pattern, anchor in _WEBHOOKS:
             for m in _matches(pattern, view, anchor):
@@ -826,9 +827,12 @@ def _find_keyword_secrets(
                 spans.append((start, end, "bearer_token"))
     if not secret:
         return
-    # without ":" or "=", only "my token is x" and "password x" can introduce a secret
+    # without ":" or "=", only "password x" and "the token is x" (a value with a digit, as a
+    # rule: the test keeps prose fast) can introduce a secret
     keywords: tuple[bytes, ...] = (
-        _SECRET_KEYWORDS if assignment or lower.find(b" is ") != -1 else _PASSWORD_KEYWORDS_SCAN
+        _SECRET_KEYWORDS
+        if assignment or (lower.find(b" is ") != -1 and _has_digit(text))
+        else _PASSWORD_KEYWORDS_SCAN
     )
     hits: list[tuple[int, bytes]] = []
     for keyword in keywords:
