@@ -2,19 +2,26 @@
 
 `DefaultRedactor` replaces sensitive substrings of string leaves with a placeholder such as
 ``[REDACTED:email]`` and reports *what* it found (kind, JSON path, count), never the value.
+`DefaultRedactor.find_kinds` says which kinds a string holds without building the copy.
 
-Kinds: ``email``, ``phone``, ``payment_card`` (Luhn), ``iban`` (length + mod-97),
-``api_key`` (OpenAI/Anthropic ``sk-``, AWS ``AKIA``/``ASIA``, GitHub, Slack, Google, Stripe),
-``secret`` (``key=``/``token:``/``password=``... assignments with a long, varied value),
-``bearer_token`` (``Bearer x`` and ``Authorization:`` header values), ``jwt``, ``private_key``
-(PEM blocks) and ``ip_address`` (IPv4 and IPv6). Labels are kept: ``api_key=[REDACTED:secret]``,
-``Bearer [REDACTED:bearer_token]``. Overlapping matches become one placeholder.
+Kinds: ``email`` (also quoted and internationalised addresses), ``phone``, ``payment_card``
+(issuer ranges + Luhn), ``iban`` (length + mod-97, any case, spaces or dashes), ``api_key``
+(some thirty providers by prefix, e.g. OpenAI/Anthropic ``sk-``, AWS ``AKIA``/``ASIA``, GitHub,
+GitLab, Hugging Face, Slack, Stripe, SendGrid, Twilio, Google, npm, and webhook URLs),
+``secret`` (``key=``/``token:``/``password is``... values that are long and varied, passwords
+in URLs), ``bearer_token`` (``Bearer x`` and ``Authorization:`` header values), ``jwt``,
+``private_key`` (PEM blocks, also cut ones) and ``ip_address`` (IPv4 and IPv6). Labels are
+kept: ``api_key=[REDACTED:secret]``, ``Bearer [REDACTED:bearer_token]``. Overlapping matches
+become one placeholder. docs/redaction.md lists the formats, what is not detected, and the
+measured recall, false-positive rate and speed.
 
 Performance: detection runs on an ASCII byte view of the text (one byte per code point,
 non-ASCII replaced by ``?``, so offsets match the original string). Every detector sits
-behind a cheap substring pre-filter, patterns start with a literal so the regex engine can
-skip ahead, repetitions are bounded or unambiguous, and validators (Luhn, mod-97, octet
-ranges, ``ipaddress``, entropy) confirm candidates. Scanning is linear in the text length.
+behind a cheap pre-filter, patterns start with a literal so the regex engine can skip ahead
+(rare anchors are found with ``find``), repetitions are bounded or unambiguous, and
+validators (Luhn, mod-97, issuer ranges, octet ranges, entropy, context words) confirm
+candidates. Whole tokens found first (keys, JWTs, addresses) are blanked for the detectors
+that follow. Scanning is linear in the text length.
 """
 
 from __future__ import annotations
@@ -746,7 +753,7 @@ def _email_start(text: str, view: bytearray, at: int, ascii_text: bool) -> int |
 def _in_url_authority(text: str, pos: int) -> bool:
     window = text[max(0, pos - 200) : pos]
     scheme = window.rfind("://")
-    return scheme != -1 and not any(c.isspace() for c in window[scheme:])
+    return scheme != -1 and len(window[scheme:].split()) == 1  # no space since the scheme
 
 
 def _word_start(view: bytearray, pos: int) -> int:
