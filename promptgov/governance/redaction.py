@@ -163,8 +163,9 @@ _HEX = frozenset("0123456789ABCDEFabcdef")
 # the closing dashes are optional: a header cut short still starts a (cut) key block
 _PEM_BEGIN = re.compile(rb"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-{0,5}")
 _PEM_END = re.compile(rb"-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
-_JWT = re.compile(
+_JWT = re.compile(  # JWS (3 parts) and JWE (5 parts)
     rb"eyJ(?<![A-Za-z0-9_\-]eyJ)[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]*"
+    rb"(?:\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+)?"
 )
 
 

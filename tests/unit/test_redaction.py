@@ -506,6 +506,14 @@ def test_jwt_detected() -> None:
     assert_redacted(f"id_token={JWT}", "jwt", JWT)  # jwt wins over the generic secret
 
 
+def test_jwe_is_redacted_whole() -> None:
+    jwe = (
+        "eyJhbGciOiJSU0EtT0FFUCJ9.OKOawDo13gRp2oja.48V1_ALb6US04U3b"
+        ".5eym8TW_c8SuK0ltJ3rp.XFBoMYUZodetZdvTiFvSkQ"
+    )
+    assert R.redact_text(f"token {jwe} end") == ("token [REDACTED:jwt] end", {"jwt": 1})
+
+
 def test_bearer_jwt_is_one_finding() -> None:
     out, counts = R.redact_text(f"Authorization: Bearer {JWT}")
     assert out == "Authorization: Bearer [REDACTED:jwt]"
