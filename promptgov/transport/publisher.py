@@ -854,6 +854,7 @@ class Publisher:
             logger.error("promptgov: looking for spools to adopt failed: %s", exc)
         finally:
             self._adoption_done.set()
+            self._settle(0)  # wake flush(), which waits for adoption too
 
     def _adopt_from(self, base: Path | None) -> None:
         if base is None:
