@@ -474,18 +474,19 @@ class DefaultRedactor:
         # a memchr). Matching runs on ``view``: one byte per code point (non-ASCII -> "?"),
         # so offsets equal those in ``text``.
         view = bytearray(text.encode("ascii", "replace"))
+        # Whole tokens are found first and blanked (NUL bytes) for the detectors that follow:
+        # a key block or a JWT is not searched for keys, a key is not re-examined as a
+        # secret value, its digits are not numbers.
         if private_key and "-" in text and "-----BEGIN" in text:
             _find_private_keys(view, spans)
+        if jwt and "J" in text:
+            spans.extend((m.start(), m.end(), "jwt") for m in _matches(_JWT, view, b"eyJ"))
+        blanked = _blank(view, spans, len_extra)
         if email and "@" in text:
             _find_emails(text, view, spans)
         if api_key:
             _find_api_keys(text, view, spans)
-        if jwt and "J" in text:
-            spans.extend((m.start(), m.end(), "jwt") for m in _matches(_JWT, view, b"eyJ"))
-        # The whole tokens found so far are blanked (NUL bytes) for the detectors that
-        # follow: a key is not re-examined as a secret value, its digits are not numbers.
-        for start, end, _ in spans[len_extra:]:
-            view[start:end] = bytes(end - start)
+        _blank(view, spans, blanked)
         if secret and ":" in text:
             _find_url_credentials(text, view, spans)
         if bearer or secret:
@@ -529,6 +530,13 @@ def _merge(spans: list[_Span]) -> list[_Span]:
             cur_start, cur_end, cur_kind = start, end, kind
     merged.append((cur_start, cur_end, cur_kind))
     return merged
+
+
+def _blank(view: bytearray, spans: list[_Span], first: int) -> int:
+    """Overwrite ``spans[first:]`` in ``view`` with NUL bytes; return ``len(spans)``."""
+    for start, end, _ in spans[first:]:
+        view[start:end] = bytes(end - start)
+    return len(spans)
 
 
 def _has_digit(text: str) -> bool:
