@@ -15,7 +15,8 @@ import functools
 import inspect
 import time
 import types
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar, cast, overload
 
@@ -68,6 +69,7 @@ class CallRecorder:
         "_event_ref",
         "_explicit",
         "_first_chunk_ns",
+        "_first_token_ns",
         "_gov",
         "_input",
         "_kwargs",
@@ -84,7 +86,8 @@ class CallRecorder:
         "anchor",
     )
 
-    def __init__(self, gov: _gov.Governor, site: CallSite, streaming: bool) -> None:
+    def __init__(self, gov: _gov.Governor, site: CallSite, streaming: bool, *,
+                 own_span: bool = True, request_model: str | None = None) -> None:
         self._gov = gov
         self._site = site
         self._streaming = streaming
@@ -100,6 +103,7 @@ class CallRecorder:
         self._explicit: dict[str, Any] | None = None
         self._chunks: list[Any] | None = None
         self._first_chunk_ns: int | None = None
+        self._first_token_ns: int | None = None
         self._prompt_sent = False
         self._prompt_payload: dict[str, Any] | None = None
         self._done = False
@@ -108,10 +112,11 @@ class CallRecorder:
         # the call's own (closing) event otherwise.
         self.anchor = EventRef()
         self._span: trace.Span | None = None
-        if gov.settings.tracing:
+        if own_span and gov.settings.tracing:
             ctx = self._ctx
-            self._span = telemetry.start_span(site.kind, site.operation, _span_name(site),
-                                              lambda: _span_attributes(site, ctx))
+            self._span = telemetry.start_span(
+                site.kind, site.operation, request_model or _span_name(site),
+                lambda: _span_attributes(site, ctx, request_model))
         ids = telemetry.span_ids(self._span) if self._span is not None else \
             telemetry.current_trace_ids()
         self._span_ids = ids
@@ -171,6 +176,9 @@ class CallRecorder:
                 if self._site.kind == "llm" and not self._prompt_sent:
                     self._send_prompt()
                 self._chunks = []
+            if self._first_token_ns is None and llm_shapes.carries_output(chunk):
+                # time to first token: role-only chunks and start events are not tokens
+                self._first_token_ns = time.perf_counter_ns()
             cast(list[Any], self._chunks).append(chunk)
         except Exception:
             self._gov.count_internal_error("record_chunk")
@@ -206,6 +214,8 @@ class CallRecorder:
 
     def begin(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Capture the arguments; for an LLM call, send the prompt event now."""
+        if kwargs.get("stream") is True:  # an SDK call asking for a stream
+            self._streaming = True
         self._args = snapshot(args)
         self._kwargs = snapshot(kwargs)
         if self._site.kind == "llm":
@@ -232,9 +242,22 @@ class CallRecorder:
             except Exception:
                 pass
 
-    def succeed(self, result: Any) -> Any:
-        """The call returned: wrap a stream it returned, else record the result."""
+    def succeed(self, result: Any, *, awaitable: bool = False) -> Any:
+        """The call returned: wrap a stream it returned, else record the result.
+
+        ``awaitable``: the call is synchronous, so a coroutine (or future) it
+        returns is the real call, recorded when it completes.
+        """
         try:
+            if awaitable and getattr(type(result), "__await__", None) is not None:
+                if inspect.iscoroutine(result):
+                    started: list[bool] = []
+                    traced = _await_call(result, self, started)
+                    weakref.finalize(traced, _abandon, self, started)
+                    return traced
+                if isinstance(result, asyncio.Future):
+                    result.add_done_callback(self._future_done)
+                    return result
             if inspect.isgenerator(result) or (llm_shapes.is_stream_object(result)
                                                and hasattr(result, "__next__")):
                 self._streaming = True
@@ -251,6 +274,52 @@ class CallRecorder:
     def fail(self, exc: BaseException) -> None:
         """The call raised ``exc`` (which the caller re-raises unchanged)."""
         self.finish(status_for(exc), error=exc)
+
+    def _future_done(self, future: asyncio.Future[Any]) -> None:
+        try:
+            if future.cancelled():
+                self.finish("cancelled", from_finalizer=True)
+            elif future.exception() is not None:
+                exc = future.exception()
+                self.finish(status_for(cast(BaseException, exc)), error=exc,
+                            from_finalizer=True)
+            else:
+                self.finish("ok", output=future.result(), from_finalizer=True)
+        except Exception:
+            self._gov.count_internal_error("future_done")
+
+    def block(
+        self,
+        *,
+        policy: str | Mapping[str, Any] | tuple[str, str] | None = None,
+        reasons: Iterable[str] = (),
+        rules: Iterable[str] = (),
+        score: float | None = None,
+        output: Any = None,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> str:
+        """A guard blocked this call: record it without calling the model.
+
+        Sends the prompt event (with what :meth:`record_request` recorded) if
+        not sent yet, a ``policy_decision`` (``block``) targeting it, and ends
+        the call at once with status ``blocked`` (``output``: what the user
+        was shown instead, if anything); whatever the block then does (return,
+        raise) is not recorded again. Returns the policy decision's event id
+        ("" if none was recorded).
+        """
+        try:
+            if self._done:
+                return ""
+            if self._site.kind == "llm" and not self._prompt_sent:
+                self._send_prompt()
+            decision = self._gov.policy_decision(
+                "block", policy=policy, target_event_id=self.anchor.id, reasons=reasons,
+                rules=rules, score=score, attributes=attributes)
+            self.finish("blocked", output=output)
+            return decision
+        except Exception:
+            self._gov.count_internal_error("block")
+            return ""
 
     def finish(
         self,
@@ -292,8 +361,8 @@ class CallRecorder:
                 self._send_prompt()
             payload["prompt_event_id"] = self.anchor
             payload["prompt_payload"] = self._prompt_payload
-            payload["ttft_ns"] = None if self._first_chunk_ns is None else \
-                self._first_chunk_ns - self._start_perf
+            payload["ttft_ns"] = None if self._first_token_ns is None else \
+                self._first_token_ns - self._start_perf
             ref, parent = EventRef(), self.anchor  # type: EventRef, EventRef | None
         else:  # the call's own event is the anchor its nested events named as parent
             payload.update(args=self._args, kwargs=self._kwargs, input=self._input,
@@ -305,6 +374,9 @@ class CallRecorder:
         if accepted and not from_finalizer:
             note_last_event(self._ctx, ref)
         if self._span is not None:
+            call_id = payload.get("call_id")
+            if isinstance(call_id, str):
+                self._span.set_attribute("gen_ai.tool.call.id", call_id)
             _end_span(self._span, status, error, output, self._chunks)
 
     def _send_prompt(self) -> None:
@@ -342,6 +414,10 @@ class _NullRecorder:
     def record_response(self, *args: Any, **kwargs: Any) -> None:
         """Does nothing."""
 
+    def block(self, **kwargs: Any) -> str:
+        """Does nothing; no event id."""
+        return ""
+
 
 NULL_RECORDER = _NullRecorder()
 
@@ -365,6 +441,7 @@ class CallSpec:
     def __init__(self, kind: str, options: dict[str, Any]) -> None:
         self.kind = kind
         self.governor: _gov.Governor | None = options.pop("governor", None)
+        self.streaming = bool(options.pop("streaming", False))
         self.options = options
         self._block_site: CallSite | None = None
 
@@ -381,11 +458,15 @@ class CallSpec:
                 skip_first = bool(params) and params[0] in ("self", "cls")
             except (TypeError, ValueError):
                 signature = None
+        # The signature's defaults for the model and its parameters, under the options:
+        # ``def f(messages, temperature=0.3)`` called as ``f(msgs)`` ran with 0.3.
+        default_model, default_params = _request_defaults(signature)
+        parameters = {**default_params, **dict(o.get("parameters") or {})}
+        name = o.get("model") or default_model
         model = None
-        if o.get("model") or o.get("provider") or o.get("model_version") or o.get("parameters"):
-            model = {"provider": o.get("provider"), "name": o.get("model"),
-                     "version": o.get("model_version"),
-                     "parameters": dict(o.get("parameters") or {})}
+        if name or o.get("provider") or o.get("model_version") or parameters:
+            model = {"provider": o.get("provider"), "name": name,
+                     "version": o.get("model_version"), "parameters": parameters}
         template = None
         if o.get("prompt_template"):
             template = {"id": str(o["prompt_template"]),
@@ -410,9 +491,12 @@ class CallSpec:
             gov = self.governor or _gov.resolve_governor()
             if gov is None or gov._closed:
                 return None
-            return CallRecorder(gov, site, streaming)
+            return CallRecorder(gov, site, streaming or self.streaming)
         except Exception:
             return None
+
+    def _begin_streaming(self, site: CallSite, streaming: bool) -> CallRecorder | None:
+        return self._begin(site, True)
 
     # --- decorator ------------------------------------------------------------------
 
@@ -421,6 +505,8 @@ class CallSpec:
             return cast(F, type(fn)(self(fn.__func__)))
         site = self.site(fn)
         begin = self._begin
+        if _streams_by_default(site.signature):  # ``stream=True`` by default: it streams
+            begin = self._begin_streaming
         wrapper: Callable[..., Any]
 
         if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
@@ -455,7 +541,7 @@ class CallSpec:
                     rec.fail(exc)
                     raise
                 rec.exit(tokens)
-                return rec.succeed(result)
+                return rec.succeed(result, awaitable=True)
 
         functools.update_wrapper(wrapper, fn)
         setattr(wrapper, "__promptgov_site__", site)  # noqa: B010
@@ -554,6 +640,29 @@ class _GeneratorFunction:
         return f"<traced function {getattr(self, '__qualname__', '?')} at {id(self):#x}>"
 
 
+async def _await_call(awaitable: Any, rec: CallRecorder, started: list[bool]) -> Any:
+    """Await what a synchronous captured call returned, as part of that call."""
+    started.append(True)
+    tokens = rec.enter()
+    try:
+        result = await awaitable
+    except GeneratorExit:  # collected while suspended: no context to restore
+        rec.finish("abandoned", from_finalizer=True)
+        raise
+    except BaseException as exc:
+        rec.exit(tokens)
+        rec.fail(exc)
+        raise
+    rec.exit(tokens)
+    return rec.succeed(result)
+
+
+def _abandon(rec: CallRecorder, started: list[bool]) -> None:
+    """A traced coroutine was collected: never awaited, the call was abandoned."""
+    if not started:
+        rec.finish("abandoned", from_finalizer=True)
+
+
 def _started(rec: CallRecorder | None, args: tuple[Any, ...],
              kwargs: dict[str, Any]) -> CallRecorder | None:
     if rec is None:
@@ -565,6 +674,30 @@ def _started(rec: CallRecorder | None, args: tuple[Any, ...],
     return rec
 
 
+def _request_defaults(signature: inspect.Signature | None) -> tuple[Any, dict[str, Any]]:
+    """The default ``model`` and request parameters (``temperature``...) of a signature."""
+    if signature is None:
+        return None, {}
+    model = None
+    params: dict[str, Any] = {}
+    for param in signature.parameters.values():
+        default = param.default
+        if default is inspect.Parameter.empty or llm_shapes.is_unset(default):
+            continue
+        if param.name in llm_shapes.REQUEST_PARAMETERS:
+            params[param.name] = default
+        elif param.name == "model" and isinstance(default, str):
+            model = default
+    return model, params
+
+
+def _streams_by_default(signature: inspect.Signature | None) -> bool:
+    if signature is None:
+        return False
+    param = signature.parameters.get("stream")
+    return param is not None and param.default is True
+
+
 def _span_name(site: CallSite) -> str:
     if site.kind == "tool":
         return site.tool_name or ""
@@ -573,12 +706,13 @@ def _span_name(site: CallSite) -> str:
     return site.tool_name or ""
 
 
-def _span_attributes(site: CallSite, ctx: Any) -> dict[str, Any]:
+def _span_attributes(site: CallSite, ctx: Any, request_model: str | None = None
+                     ) -> dict[str, Any]:
     model = site.model or {}
     return {
         "gen_ai.operation.name": site.operation,
         "gen_ai.provider.name": model.get("provider"),
-        "gen_ai.request.model": model.get("name"),
+        "gen_ai.request.model": request_model or model.get("name"),
         "gen_ai.tool.name": site.tool_name if site.kind == "tool" else None,
         "gen_ai.conversation.id": getattr(ctx, "conversation_id", None),
         "code.function": site.function,
@@ -617,7 +751,9 @@ def llm_call(fn: Any = None, /, **options: Any) -> Any:
 
     Options: ``provider``, ``model``, ``model_version``, ``parameters``,
     ``prompt_template``, ``template_version``, ``operation`` (default ``chat``),
-    ``name``, ``input_mapper``, ``output_mapper``, ``governor``.
+    ``name``, ``input_mapper``, ``output_mapper``, ``governor``, ``streaming``
+    (the prompt event says the call streams; also known from a generator
+    function or a ``stream=True`` argument).
     """
     return _factory("llm", fn, options)
 
@@ -657,5 +793,5 @@ def _factory(kind: str, fn: Any, options: dict[str, Any]) -> Any:
 
 _OPTIONS = {
     "name", "provider", "model", "model_version", "parameters", "prompt_template",
-    "template_version", "operation", "input_mapper", "output_mapper", "governor",
+    "template_version", "operation", "input_mapper", "output_mapper", "governor", "streaming",
 }

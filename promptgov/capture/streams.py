@@ -163,6 +163,37 @@ class TracedAsyncIterator(_StreamProxy):
             self._leave(tokens)
             self._end("closed_early")
 
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._it, name)
+        if name == "close" and callable(attr):  # SDK async streams: ``await stream.close()``
+            return self._closer(attr)
+        return attr
+
+    def _closer(self, close: Any) -> Any:
+        def closer(*args: Any, **kwargs: Any) -> Any:
+            tokens = self._enter()
+            try:
+                result = close(*args, **kwargs)
+            except BaseException:
+                self._leave(tokens)
+                self._end("closed_early")
+                raise
+            self._leave(tokens)
+            if not hasattr(result, "__await__"):
+                self._end("closed_early")
+                return result
+            return self._await_close(result)
+
+        return closer
+
+    async def _await_close(self, awaitable: Any) -> Any:
+        tokens = self._enter()
+        try:
+            return await awaitable
+        finally:
+            self._leave(tokens)
+            self._end("closed_early")
+
     async def _step(self, fn: Any, *args: Any) -> Any:
         tokens = self._enter()
         try:
