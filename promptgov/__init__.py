@@ -32,6 +32,7 @@ from promptgov.errors import ConfigurationError, PromptGovError
 from promptgov.events.models import SCHEMA_VERSION, parse_event
 from promptgov.governance.redaction import DefaultRedactor, Finding, NullRedactor, Redactor
 from promptgov.governor import Governor, configure, get_governor, resolve_governor
+from promptgov.instrument import instrument, uninstrument
 from promptgov.transport.publisher import DeliveryReport
 
 
@@ -83,6 +84,7 @@ __all__ = [
     "feedback",
     "flush",
     "get_governor",
+    "instrument",
     "interaction",
     "last_event_id",
     "llm_call",
@@ -91,4 +93,5 @@ __all__ = [
     "retrieval",
     "shutdown",
     "tool",
+    "uninstrument",
 ]
