@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from kafka_broker import KafkaBroker, kafka_version
 
-    from benchmarks import hot_path, outage, publisher_cpu, throughput
+    from benchmarks import hot_path, outage, publisher_cpu, stages, throughput
     from benchmarks.report import render, table
 
     started = time.time()
@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     with KafkaBroker(Path(tempfile.mkdtemp(prefix="pg-bench-kafka-"))) as broker:
         print(f"throughput (broker {broker.bootstrap}) ...", flush=True)
         results["throughput"] = throughput.run(broker.bootstrap, size["throughput"])
+        print("stages ...", flush=True)
+        results["stages"] = stages.run(broker.bootstrap, size["throughput"])
         print("outage ...", flush=True)
         results["outage"] = outage.run(broker, size["outage"])
     print("memory ...", flush=True)

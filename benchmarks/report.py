@@ -51,6 +51,10 @@ def _targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     for mode, goal in (("memory", 0.7), ("wal", 0.5)):
         ratio = tp[f"promptgov_{mode}_ratio_to_aiokafka"]
         out.append((f"{mode} throughput >= {goal}x raw aiokafka", f"{ratio:.2f}x", ratio >= goal))
+    if results.get("stages"):
+        ratio = results["stages"]["stage_ratio_to_raw"]
+        out.append(("stage throughput >= 0.5x a raw aiokafka transactional copy",
+                    f"{ratio:.2f}x", ratio >= 0.5))
     outage = results["outage"]
     out.append(("outage: host p99 within 1.5x of connected", f"{outage['host_p99_ratio']:.2f}x",
                 outage["host_p99_ratio"] <= 1.5))
@@ -171,4 +175,28 @@ def render(results: dict[str, Any]) -> str:
         "to the spool past half of it.",
         "",
     ]
+    stages = results.get("stages")
+    if stages:
+        lines += [
+            "## 6. Stage throughput (exactly once)",
+            "",
+            f"{stages['events']:,} events of {stages['event_bytes']:,} bytes on "
+            f"{stages['partitions']} partitions, a one-output transform, fetches of "
+            f"{stages['batch']} records, read_committed consumers, acks=all:",
+            "",
+            "| runner | events/s |",
+            "|---|---|",
+            f"| raw aiokafka consume -> produce, one transaction per fetch | "
+            f"{stages['raw_aiokafka_copy']:,} |",
+            f"| promptgov stage (one transactional producer per input partition) | "
+            f"{stages['stage']:,} ({stages['stage_ratio_to_raw']:.2f}x) |",
+            "",
+            "What limits it: each transaction costs the broker round trips of "
+            "AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit and EndTxn; the stage "
+            "commits the partitions of a fetch in parallel (one producer each), the raw loop "
+            "commits one transaction per fetch and waits for it before fetching again. Per "
+            "event the stage parses the source JSON, builds and serialises the derived "
+            "envelope (about 25 µs of Python on this machine).",
+            "",
+        ]
     return "\n".join(lines)

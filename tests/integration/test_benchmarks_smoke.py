@@ -21,7 +21,8 @@ def test_benchmark_command_runs_on_a_tiny_size(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     (result,) = tmp_path.glob("*.json")
     figures = json.loads(result.read_text())
-    assert {"hot_path", "publisher_cpu", "throughput", "outage", "memory"} <= set(figures)
+    assert {"hot_path", "publisher_cpu", "throughput", "stages", "outage", "memory"} <= set(figures)
+    assert figures["stages"]["stage"] > 0
     assert figures["outage"]["all_delivered"] is True
     assert figures["hot_path"]["promptgov-spill"]["sync"]["added_p50_us"] > 0
     report = (tmp_path / "benchmarks.md").read_text()
