@@ -30,7 +30,7 @@ EventType = Literal[
 EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
 
 Classification = Literal["raw", "redacted", "metadata"]
-CallStatus = Literal["ok", "error", "cancelled", "closed_early", "abandoned"]
+CallStatus = Literal["ok", "error", "cancelled", "closed_early", "abandoned", "blocked"]
 Decision = Literal["allow", "block", "redact", "escalate"]
 
 
