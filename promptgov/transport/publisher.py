@@ -633,18 +633,19 @@ class Publisher:
         held = _held_records(spool)
         for seq, data in spool.read(self.config.batch_size):
             batch.last_seq = seq
-            records = held.pop(seq, None)
+            records = held.pop(seq, None)  # sent before: flags as they were then
             if records is None and data[:1] == RECORDS_MARK:
-                records = _decode(data)
+                records = _decode(data)  # spilled after governing: flags kept
             elif records is None:
                 records = self._govern_spooled(data, seq)
+                if records:
+                    records[-1].settles = True  # its delivery settles the event
             if not records:
                 if counts:
                     self._settle(1)
                 continue
-            for record in records:
+            for record in records:  # adopted events were accepted (and count) elsewhere
                 record.settles = record.settles and counts
-            records[-1].settles = counts
             batch.by_seq[seq] = records
             batch.records.extend(records)
         if batch.records:
