@@ -23,7 +23,7 @@ from kafka_broker import KafkaBroker
 from kafka_reader import ReadBack
 
 from promptgov.events.ids import format_time, now_ns, uuid7
-from promptgov.stages import StageRunner
+from promptgov.stages import StageRunner, StageStats
 from promptgov.stages.lag import stage_lag
 
 pytestmark = pytest.mark.broker
@@ -110,6 +110,24 @@ def wait_for_outputs(read_back: ReadBack, bootstrap: str, prefix: str, at_least:
     assert len(found) >= at_least, f"only {len(found)} outputs in {timeout} s"
 
 
+def run_until_consumed(bootstrap: str, prefix: str, count: int) -> StageStats:
+    """Run the copy stage in this process until it has consumed ``count`` records."""
+    import stage_app
+
+    async def run() -> StageStats:
+        runner = StageRunner(stage_app.copy_stage(), bootstrap_servers=bootstrap,
+                             topic_prefix=prefix)
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(runner.run(stop))
+        deadline = time.monotonic() + 60
+        while runner.stats.consumed < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        stop.set()
+        return await task
+
+    return asyncio.run(run())
+
+
 def exactly_once(events: list[dict[str, object]], sources: set[Source], report: Report,
                  **extra: object) -> None:
     by_source = Counter((e["lineage"]["source_topic"], e["lineage"]["source_partition"],  # type: ignore[index]
@@ -174,24 +192,11 @@ def test_broker_restarted_while_a_stage_runs_exactly_once(
 def test_poison_records_are_dead_lettered_with_lineage_and_the_rest_flows(
         broker: KafkaBroker, unique_topic_prefix: str, read_back: ReadBack,
         fault_report: Report) -> None:
-    import stage_app
-
     prefix = unique_topic_prefix
     written = produce_sources(broker.bootstrap, prefix, 100, poison=3, garbage=2)
 
-    async def run() -> None:
-        runner = StageRunner(stage_app.copy_stage(), bootstrap_servers=broker.bootstrap,
-                             topic_prefix=prefix)
-        stop = asyncio.Event()
-        task = asyncio.ensure_future(runner.run(stop))
-        deadline = time.monotonic() + 60
-        while runner.stats.consumed < 105 and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        stop.set()
-        stats = await task
-        assert stats.consumed == 105 and stats.dead_lettered == 5, stats
-
-    asyncio.run(run())
+    stats = run_until_consumed(broker.bootstrap, prefix, 105)
+    assert stats.consumed == 105 and stats.dead_lettered == 5, stats
     events = outputs(read_back, broker.bootstrap, prefix, 100)
     dead = [orjson.loads(r.value) for r in read_back(
         broker.bootstrap, f"{prefix}.dlq.copy", 5, timeout=30, linger=2.0)]
@@ -207,23 +212,10 @@ def test_poison_records_are_dead_lettered_with_lineage_and_the_rest_flows(
 
 def test_lag_reports_a_known_backlog(broker: KafkaBroker, unique_topic_prefix: str,
                                      fault_report: Report) -> None:
-    import stage_app
-
     prefix = unique_topic_prefix
     produce_sources(broker.bootstrap, prefix, 300)
 
-    async def process_all() -> None:
-        runner = StageRunner(stage_app.copy_stage(), bootstrap_servers=broker.bootstrap,
-                             topic_prefix=prefix)
-        stop = asyncio.Event()
-        task = asyncio.ensure_future(runner.run(stop))
-        deadline = time.monotonic() + 60
-        while runner.stats.consumed < 300 and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        stop.set()
-        await task
-
-    asyncio.run(process_all())
+    assert run_until_consumed(broker.bootstrap, prefix, 300).consumed == 300
     produce_sources(broker.bootstrap, prefix, 200)  # the backlog
     # A transaction's offsets become visible once its markers are written: poll for them.
     deadline = time.monotonic() + 30
