@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     lag.add_argument("--sample", type=int, default=500,
                      help="latest outputs per partition used for the latencies")
     lag.add_argument("--json", action="store_true", help="print JSON")
+    lag.add_argument("--timeout", type=float, default=60.0,
+                     help="seconds before giving up on an unresponsive cluster")
 
     schema = commands.add_parser("schema", help="JSON Schemas of the event kinds")
     schema_commands = schema.add_subparsers(dest="schema_command", required=True)
@@ -69,10 +71,12 @@ def _load_stage(spec: str) -> Any:
                          "module:attribute")
     import importlib
 
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as python -m does: modules of the current directory
     target = getattr(importlib.import_module(module_name), attribute)
-    found = target if isinstance(target, Stage) else target()
+    found = target if isinstance(target, Stage) or not callable(target) else target()
     if not isinstance(found, Stage):
-        raise ValueError(f"{spec} is not a promptgov.stages.Stage")
+        raise ValueError(f"{spec} is not a promptgov.stages.Stage nor a function returning one")
     return found
 
 
@@ -98,12 +102,22 @@ def _stage_command(args: argparse.Namespace) -> int:
     from promptgov.stages import run_stage
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger("aiokafka").setLevel(logging.ERROR)
-    stats = run_stage(chosen, bootstrap_servers=args.bootstrap_servers,
-                      topic_prefix=args.topic_prefix, batch_size=args.batch_size,
-                      create_topics=not args.no_create_topics)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        stats = run_stage(chosen, bootstrap_servers=args.bootstrap_servers,
+                          topic_prefix=args.topic_prefix, batch_size=args.batch_size,
+                          create_topics=not args.no_create_topics)
+    except Exception as exc:
+        print(f"promptgov stage run: could not run against {args.bootstrap_servers}: "
+              f"{_describe(exc)}", file=sys.stderr)
+        return 2
     print(f"promptgov stage {chosen.name}@{chosen.version} stopped: {stats}")
     return 0
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _lag_command(args: argparse.Namespace) -> int:
@@ -113,11 +127,19 @@ def _lag_command(args: argparse.Namespace) -> int:
         return 2
     import asyncio
     import json
+    import logging
 
     from promptgov.stages.lag import format_lag, stage_lag
 
-    lags = asyncio.run(stage_lag(args.bootstrap_servers, topic_prefix=args.topic_prefix,
-                                 stages=args.stages, sample=args.sample))
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        lags = asyncio.run(asyncio.wait_for(stage_lag(
+            args.bootstrap_servers, topic_prefix=args.topic_prefix, stages=args.stages,
+            sample=args.sample), args.timeout))
+    except Exception as exc:
+        print(f"promptgov lag: could not read {args.bootstrap_servers}: {_describe(exc)}",
+              file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps([lag.as_dict() for lag in lags], indent=2))
     else:

@@ -96,9 +96,9 @@ async def stage_lag(bootstrap_servers: str, *, topic_prefix: str = "promptgov",
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **options)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
                                 isolation_level="read_committed", **options)
-    await admin.start()
-    await consumer.start()
     try:
+        await admin.start()
+        await consumer.start()
         group_prefix = f"{topic_prefix}.stage."
         if stages is None:
             groups = await admin.list_consumer_groups()

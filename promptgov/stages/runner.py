@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
 import signal
 import time
 from collections.abc import Mapping
@@ -39,6 +40,7 @@ logger = logging.getLogger("promptgov.stages")
 _FENCED = (kerr.ProducerFenced, kerr.InvalidProducerEpoch, kerr.TransactionalIdAuthorizationFailed)
 _SORTED = orjson.OPT_SORT_KEYS
 _TOPIC_EXISTS = 36
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _redactor = DefaultRedactor()
 
 
@@ -85,6 +87,7 @@ class StageRunner:
         topic_partitions: int = 6,
         topic_replication_factor: int = 1,
         transaction_timeout_ms: int = 60_000,
+        max_output_bytes: int = 1_000_000,
     ) -> None:
         self.stage = stage
         self.bootstrap = bootstrap_servers
@@ -96,6 +99,7 @@ class StageRunner:
         self.partitions = topic_partitions
         self.replication = topic_replication_factor
         self.transaction_timeout_ms = transaction_timeout_ms
+        self.max_output_bytes = max_output_bytes  # below the producer's max request size
         self.group_id = stage.group_id(topic_prefix)
         self.source = f"/promptgov/stage/{stage.name}"
         self.stats = StageStats()
@@ -168,12 +172,14 @@ class StageRunner:
             if tp in self._owned:
                 continue
             producer = await self._start_producer(tp)
+            committed = await self._settled_offset(tp)
+            if committed is None:
+                committed = (await consumer.beginning_offsets([tp]))[tp]
+            consumer.seek(tp, committed)
+            # aiokafka starts fetching before this callback ends: records fetched from
+            # another position are dropped by _process, which starts at _next[tp].
+            self._next[tp] = committed
             self._owned[tp] = _Owned(producer)
-            committed = await consumer.committed(tp)
-            if committed is not None:
-                consumer.seek(tp, committed)
-            else:
-                await consumer.seek_to_beginning(tp)
 
     async def _start_producer(self, tp: TopicPartition) -> AIOKafkaProducer:
         while True:
@@ -193,8 +199,33 @@ class StageRunner:
                     await asyncio.wait_for(producer.stop(), 5)
                 await asyncio.sleep(1.0)
 
+    async def _settled_offset(self, tp: TopicPartition) -> int | None:
+        """The committed offset once it stops moving.
+
+        A transaction's offsets become readable only after its markers reach the
+        group coordinator, a little after the commit (or after a new owner's
+        InitProducerId completed a dying owner's commit); aiokafka's OffsetFetch
+        cannot ask the broker to wait for them (KIP-447's require_stable), so the
+        offset is read until two reads 50 ms apart agree.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        previous: int | None = await consumer.committed(tp)
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            current = await consumer.committed(tp)
+            if current == previous:
+                break
+            previous = current
+        return previous
+
     async def _release(self, partitions: list[TopicPartition]) -> None:
-        """Revoked (or stopping): finish the batch in progress, then drop the producer."""
+        """Revoked (or stopping): finish the batch in progress, then drop the producer.
+
+        Before the partition is given up, its last committed offset must be readable:
+        the next owner reads it as soon as the rebalance completes.
+        """
+        consumer = self._consumer
         for tp in partitions:
             owned = self._owned.get(tp)
             if owned is None:
@@ -202,6 +233,13 @@ class StageRunner:
             async with owned.lock:
                 owned.revoked = True
                 self._owned.pop(tp, None)
+            expected = self._next.get(tp)
+            if consumer is not None and expected is not None:
+                deadline = time.monotonic() + 10
+                with contextlib.suppress(Exception):
+                    while (await consumer.committed(tp) or 0) < expected and \
+                            time.monotonic() < deadline:
+                        await asyncio.sleep(0.01)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(owned.producer.stop(), 10)
 
@@ -213,6 +251,10 @@ class StageRunner:
             return
         async with owned.lock:
             if owned.revoked:
+                return
+            expected = self._next.get(tp, 0)
+            records = [r for r in records if r.offset >= expected]  # never twice
+            if not records:
                 return
             outputs: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]] = []
             for record in records:
@@ -232,8 +274,10 @@ class StageRunner:
                 await self._recover(tp, owned, records[0].offset)
                 return
         self._next[tp] = records[-1].offset + 1
+        dead = sum(1 for topic, *_ in outputs if topic == self.stage.dlq_topic(self.prefix))
         self.stats.consumed += len(records)
-        self.stats.outputs += len(outputs)
+        self.stats.outputs += len(outputs) - dead
+        self.stats.dead_lettered += dead
         self.stats.transactions += 1
         self._processed.add(len(records), {"stage": self.stage.name})
 
@@ -254,14 +298,20 @@ class StageRunner:
             raise
 
     async def _recover(self, tp: TopicPartition, owned: _Owned, offset: int) -> None:
-        """After a failed transaction: a fresh producer (same id) and back to ``offset``."""
+        """After a failed transaction: a fresh producer (same id), then resume from the
+        committed offset. A commit can fail on the client and still have happened on the
+        broker: the new producer's start completes or aborts it, and the committed offset
+        says which (``offset``, the batch's first, only when nothing was ever committed)."""
         with contextlib.suppress(Exception):
             await asyncio.wait_for(owned.producer.stop(), 10)
         await asyncio.sleep(0.5)
         owned.producer = await self._start_producer(tp)
         consumer = self._consumer
         if consumer is not None and tp in consumer.assignment():
-            consumer.seek(tp, offset)
+            committed = await self._settled_offset(tp)
+            position = offset if committed is None else committed
+            consumer.seek(tp, position)
+            self._next[tp] = position
 
     async def _derive(self, record: Any
                       ) -> list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]]:
@@ -288,10 +338,18 @@ class StageRunner:
                                  f"{MAX_OUTPUTS})")
             out = []
             for index, output in enumerate(produced):
+                if not isinstance(output, Output) or not isinstance(output.payload, dict):
+                    raise TypeError("a transform returns promptgov.stages.Output objects with "
+                                    "a dict payload")
                 envelope = derive(self.stage, event, source, output, index)
-                out.append((self.stage.output_topic(self.prefix, output),
-                            record.key or record_key(envelope),
-                            orjson.dumps(envelope, option=_SORTED),
+                topic = self.stage.output_topic(self.prefix, output)
+                value = orjson.dumps(envelope, option=_SORTED)
+                if not _TOPIC_NAME.match(topic):
+                    raise ValueError(f"output topic {topic!r} is not a valid topic name")
+                if len(value) > self.max_output_bytes:
+                    raise ValueError(f"an output of {len(value)} bytes is larger than "
+                                     f"{self.max_output_bytes}")
+                out.append((topic, record.key or record_key(envelope), value,
                             record_headers(envelope, self.source)))
             return out
         except Exception as exc:
@@ -300,7 +358,6 @@ class StageRunner:
     def _dead_letter(self, source: Source, event: dict[str, Any] | None, value: bytes | None,
                      exc: BaseException) -> tuple[str, bytes | None, bytes,
                                                   list[tuple[str, bytes]]]:
-        self.stats.dead_lettered += 1
         message, _ = _redactor.redact_text(str(exc)[:2000])
         raw = source.topic.endswith(".raw")  # raw content never goes to a dead-letter topic
         entry = {

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Optional, Union
 
@@ -78,8 +79,9 @@ class Stage:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
-            raise ValueError(f"stage name {self.name!r}: use letters, digits, '-' and '_'")
+        if not _NAME.match(self.name or ""):
+            raise ValueError(f"stage name {self.name!r}: use ASCII letters, digits, '-' and "
+                             "'_', at most 100 characters")
         if not self.version:
             raise ValueError("a stage needs a version")
 
@@ -106,6 +108,12 @@ class Stage:
     def dlq_topic(self, prefix: str) -> str:
         """Where records the stage cannot process go."""
         return f"{prefix}.dlq.{self.name}"
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+# Envelope fields an output may not set: they make the derived event what it is.
+PROTECTED = ("event_id", "event_type", "schema_version", "sdk", "producer_id", "seq",
+             "lineage")
 
 
 def _topic(prefix: str, name: str) -> str:
@@ -185,5 +193,5 @@ def derive(stage: Stage, source_event: dict[str, Any], source: Source, output: O
     }
     for name in CARRIED:
         envelope[name] = source_event.get(name)
-    envelope.update(output.fields)
+    envelope.update({k: v for k, v in output.fields.items() if k not in PROTECTED})
     return envelope

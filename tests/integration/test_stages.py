@@ -79,9 +79,11 @@ class StageProcess:
 
     def __init__(self, bootstrap: str, prefix: str, delay_ms: float) -> None:
         env = {**os.environ, "PYTHONPATH": str(APP.parent)}
+        self.log = Path(os.environ.get("PROMPTGOV_STAGE_LOG_DIR", "/tmp")) / \
+            f"stage-{prefix}-{uuid.uuid4().hex[:6]}.log"
         self.process = subprocess.Popen(
             [sys.executable, str(APP), bootstrap, prefix, str(delay_ms)], env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            stdout=subprocess.PIPE, stderr=self.log.open("w"), text=True)
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
@@ -110,12 +112,13 @@ def wait_for_outputs(read_back: ReadBack, bootstrap: str, prefix: str, at_least:
     assert len(found) >= at_least, f"only {len(found)} outputs in {timeout} s"
 
 
-def run_until_consumed(bootstrap: str, prefix: str, count: int) -> StageStats:
+def run_until_consumed(bootstrap: str, prefix: str, count: int,
+                       name: str = "copy") -> StageStats:
     """Run the copy stage in this process until it has consumed ``count`` records."""
     import stage_app
 
     async def run() -> StageStats:
-        runner = StageRunner(stage_app.copy_stage(), bootstrap_servers=bootstrap,
+        runner = StageRunner(stage_app.copy_stage(name=name), bootstrap_servers=bootstrap,
                              topic_prefix=prefix)
         stop = asyncio.Event()
         task = asyncio.ensure_future(runner.run(stop))
@@ -208,6 +211,43 @@ def test_poison_records_are_dead_lettered_with_lineage_and_the_rest_flows(
     assert sorted(d["error"]["type"] for d in dead) == ["JSONDecodeError"] * 2 + [
         "ValueError"] * 3
     assert all(d["stage"] == "copy" for d in dead)
+
+
+def test_fresh_stages_derive_each_source_exactly_once(
+        broker: KafkaBroker, unique_topic_prefix: str, read_back: ReadBack,
+        fault_report: Report) -> None:
+    """aiokafka fetches a new assignment before the assignment callback has sought the
+    committed offset: a batch fetched from elsewhere must not be derived a second time."""
+    prefix = unique_topic_prefix
+    sources = produce_sources(broker.bootstrap, prefix, 300)
+    for n in range(4):
+        name = f"fresh{n}"
+        assert run_until_consumed(broker.bootstrap, prefix, 300, name=name).consumed == 300
+        records = read_back(broker.bootstrap, f"{prefix}.stage.{name}", 300, timeout=60,
+                            linger=2.0)
+        exactly_once([orjson.loads(r.value) for r in records], sources, fault_report,
+                      stage=name)
+
+
+def test_outputs_that_can_never_be_written_are_dead_lettered(
+        broker: KafkaBroker, unique_topic_prefix: str, read_back: ReadBack,
+        fault_report: Report) -> None:
+    prefix = unique_topic_prefix
+    produce_sources(broker.bootstrap, prefix, 50)
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    for flag in ("oversize", "bad_topic"):
+        event = {"event_id": uuid7(), "event_type": "prompt",
+                 "occurred_at": format_time(now_ns()), "payload": {flag: True}}
+        producer.produce(f"{prefix}.events", orjson.dumps(event), key=b"c0")
+    assert producer.flush(30) == 0
+    stats = run_until_consumed(broker.bootstrap, prefix, 52)
+    dead = [orjson.loads(r.value) for r in read_back(
+        broker.bootstrap, f"{prefix}.dlq.copy", 2, timeout=30, linger=1.0)]
+    fault_report(consumed=stats.consumed, outputs=stats.outputs, dead_lettered=len(dead),
+                 aborted=stats.aborted)
+    assert stats.consumed == 52 and stats.outputs == 50 and stats.aborted == 0, stats
+    messages = sorted(d["error"]["message"] for d in dead)
+    assert "larger than" in messages[0] and "not a valid topic name" in messages[1]
 
 
 def test_lag_reports_a_known_backlog(broker: KafkaBroker, unique_topic_prefix: str,
