@@ -174,7 +174,7 @@ def test_headers_follow_the_cloudevents_kafka_binding(
     (record,) = read_back(kafka_bootstrap, f"{unique_topic_prefix}.feedback", 1)
     event = orjson.loads(record.value)
     assert record.key == b"sess-h"  # no conversation: the session keys the record
-    assert record.header("ce_specversion") == b"1.1"
+    assert record.header("ce_specversion") == b"1.0"
     assert record.header("ce_id") == event_id.encode()
     assert record.header("ce_type") == b"io.promptgov.feedback"
     assert record.header("ce_source") == b"/promptgov/itest/ci"
