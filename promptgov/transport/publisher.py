@@ -141,6 +141,7 @@ class _Batch:
     spool: Spool | None = None
     last_seq: int = 0
     by_seq: dict[int, list[Record]] = dataclasses.field(default_factory=dict)
+    settled: int = 0  # events delivered from a spool batch, settled once it is acknowledged
 
 
 class Publisher:
@@ -589,6 +590,8 @@ class Publisher:
             if delivered and batch.spool is not None:
                 batch.spool.ack(batch.last_seq)
                 self._notify_space()
+            if batch.settled:  # after the ack: a flush that returned leaves nothing to resend
+                self._settle(batch.settled)
         self._finish_adopted()
 
     def _enqueue_gap(self) -> None:
@@ -741,7 +744,7 @@ class Publisher:
             async for attempt in retrying:
                 with attempt:
                     outcome = await sink.send(remaining, self._abort)
-                    self._account(outcome, sink)
+                    self._account(outcome, sink, batch)
                     remaining = outcome.retry
                     # Spill the failed batch, unless later events were spilled already:
                     # then it must go first, so it is retried from memory.
@@ -796,7 +799,7 @@ class Publisher:
     def _count_retry(self, state: RetryCallState) -> None:
         self.stats.retries += 1
 
-    def _account(self, outcome: SendOutcome, sink: Sink) -> None:
+    def _account(self, outcome: SendOutcome, sink: Sink, batch: _Batch) -> None:
         self._note_outage(outcome, sink)
         now = time.time_ns()
         settled = 0
@@ -812,7 +815,9 @@ class Publisher:
         if outcome.error:
             self.stats.failed_sends += 1
             self.stats.last_error = outcome.error
-        if settled:
+        if batch.spool is not None:
+            batch.settled += settled
+        elif settled:
             self._settle(settled)
 
     def _note_outage(self, outcome: SendOutcome, sink: Sink) -> None:
