@@ -111,6 +111,7 @@ class Settings:
     shutdown_timeout: float = 10.0
     register_atexit: bool = True
     fork_durability: ForkDurability = "wal"
+    enabled: bool = True
     host_code_timeout_ms: int = 500
 
     @property
@@ -151,6 +152,7 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "tracing": lambda v: _parse_bool("tracing", v),
     "shutdown_timeout": float,
     "fork_durability": str,
+    "enabled": lambda v: _parse_bool("enabled", v),
     "host_code_timeout_ms": int,
 }
 

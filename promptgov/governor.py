@@ -70,6 +70,8 @@ class Governor:
         # shutdown: its events reach its spool before each call returns, and whoever
         # finds the spool orphaned (the parent, a later start) delivers them.
         durability = "wal" if self._forked and s.fork_durability == "wal" else s.durability
+        if not s.enabled:
+            durability = "memory"  # capture is off: no spool, no thread, nothing written
         self._publisher = Publisher(
             self._processor,
             self._make_sink,
@@ -95,7 +97,7 @@ class Governor:
         )
         self._closed = False
         self._metrics = telemetry.register_metrics(self)
-        if durability != "memory":
+        if durability != "memory" and s.enabled:
             self._publisher.start()  # adopt spools left by dead processes right away
 
     def _make_sink(self) -> Sink:
@@ -120,8 +122,11 @@ class Governor:
     def emit(self, draft: Draft) -> bool:
         """Hand one draft to the publisher; never blocks, never raises.
 
-        False when it was not accepted (after shutdown, queue full: a counted drop).
+        False when it was not accepted (after shutdown, queue full: a counted drop;
+        capture switched off with ``enabled=False``: nothing is counted).
         """
+        if not self.settings.enabled:
+            return False
         try:
             return self._publisher.enqueue(draft, draft.event_type, draft.occurred_ns)
         except Exception:
@@ -190,8 +195,11 @@ class Governor:
         Reasons must not contain user content.
         """
         try:
-            if decision not in ("allow", "block", "redact", "escalate"):
-                raise ValueError(f"unknown decision {decision!r}")
+            if decision not in _DECISIONS:
+                self._internal_errors += 1
+                self.warnings.add(["unknown_decision"], "policy_decision takes one of "
+                                  + ", ".join(_DECISIONS) + "; the decision was not recorded")
+                return ""
             call = enclosing_call()
             target = target_event_id or (call.anchor if call is not None else None)
             target = target or last_event_ref()
@@ -316,6 +324,9 @@ class Governor:
         from promptgov.capture.calls import tool
 
         return tool(fn, governor=self, **options)
+
+
+_DECISIONS = ("allow", "block", "redact", "escalate")
 
 
 def _policy_ref(policy: Any) -> dict[str, Any] | None:

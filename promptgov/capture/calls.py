@@ -489,7 +489,7 @@ class CallSpec:
     def _begin(self, site: CallSite, streaming: bool) -> CallRecorder | None:
         try:
             gov = self.governor or _gov.resolve_governor()
-            if gov is None or gov._closed:
+            if gov is None or gov._closed or not gov.settings.enabled:
                 return None
             return CallRecorder(gov, site, streaming or self.streaming)
         except Exception:
