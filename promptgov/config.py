@@ -211,7 +211,13 @@ def _validate(values: dict[str, Any]) -> Settings:
         values["bootstrap_servers"] = _bootstrap(values["bootstrap_servers"])
     if "topic_prefix" in values:
         _topic_prefix(values["topic_prefix"])
-    values["local_dir"] = _local_dir(values.get("local_dir", Settings.local_dir))
+    if not isinstance(values.get("enabled", True), bool):
+        raise ConfigurationError("enabled", f"{values['enabled']!r} is not a boolean",
+                                 "pass enabled=True or enabled=False")
+    if values.get("enabled", True) is False:  # capture off: nothing is written anywhere
+        values["local_dir"] = Path(values.get("local_dir", Settings.local_dir)).expanduser()
+    else:
+        values["local_dir"] = _local_dir(values.get("local_dir", Settings.local_dir))
     if "producer" in values:
         values["producer"] = _producer(values["producer"])
     if "capture_content" in values:

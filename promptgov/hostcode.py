@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 _POLL = 0.01
+_REFIRE = 0.05
 
 
 class HostCodeTimeout(BaseException):
@@ -52,6 +53,10 @@ class _Watchdog:
             self._wake.set()
         return ident
 
+    def armed(self, ident: int) -> bool:
+        """Whether the thread runs under a bound already (an inner bound keeps the outer)."""
+        return ident in self._arms or ident in self._fired
+
     def disarm(self, ident: int) -> None:
         """Stop watching; clears a timeout injected but not yet raised, so none escapes."""
         with self._lock:
@@ -70,7 +75,9 @@ class _Watchdog:
             with self._lock:  # check and inject atomically with respect to disarm()
                 for ident, deadline in list(self._arms.items()):
                     if now >= deadline:
-                        del self._arms[ident]
+                        # again every _REFIRE until disarmed: host code that catches
+                        # BaseException in a loop is interrupted outside its try block
+                        self._arms[ident] = now + _REFIRE
                         self._fired.add(ident)
                         ctypes.pythonapi.PyThreadState_SetAsyncExc(
                             ctypes.c_ulong(ident), ctypes.py_object(HostCodeTimeout))
@@ -88,7 +95,10 @@ def bounded(seconds: float, fn: Callable[..., T], *args: Any) -> T:
     """Run ``fn(*args)``; raise :class:`HostCodeTimeout` if it runs past ``seconds``.
 
     Any other exception of ``fn`` (``SystemExit`` included) propagates unchanged.
+    Nested calls keep the outermost bound.
     """
+    if _watchdog.armed(threading.get_ident()):
+        return fn(*args)
     ident = _watchdog.arm(seconds)
     try:
         return fn(*args)

@@ -1279,17 +1279,11 @@ def _empty(name: str) -> Any:
 
 
 def _must_propagate(exc: BaseException) -> bool:
-    """Exceptions host code may raise that promptgov must not swallow.
-
-    :class:`HostCodeTimeout` (the caller degrades the event) and a
-    ``KeyboardInterrupt`` on the main thread (the user's Ctrl-C, in ``wal``
-    mode where the host's thread completes events). Anything else raised by
-    host code, ``SystemExit`` included, only costs the event its content.
-    """
-    if isinstance(exc, HostCodeTimeout):
-        return True
-    return isinstance(exc, KeyboardInterrupt) and (
-        threading.current_thread() is threading.main_thread())
+    """Exceptions host code may raise that promptgov must not swallow: only
+    :class:`HostCodeTimeout` (the caller degrades the event). Anything else raised
+    by host code, ``SystemExit`` and ``KeyboardInterrupt`` included, only costs the
+    event its content."""
+    return isinstance(exc, HostCodeTimeout)
 
 
 def _error_type(exc: Any) -> dict[str, str] | None:

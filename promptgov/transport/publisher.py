@@ -299,11 +299,7 @@ class Publisher:
             return hostcode.bounded(seconds, self._processor.complete, draft)
         except hostcode.HostCodeTimeout:
             reason = "host_code_timeout"
-        except KeyboardInterrupt:
-            if threading.current_thread() is not self._thread:
-                raise  # the host's own Ctrl-C, on the host's thread (wal mode)
-            reason = "processing_failed"
-        except BaseException:
+        except BaseException:  # SystemExit, KeyboardInterrupt from a mapper: host code's
             reason = "processing_failed"
         self.stats.degraded[reason] += 1
         return self._processor.complete_degraded(draft, reason)
@@ -710,7 +706,7 @@ class Publisher:
                     logger.error("promptgov: spilling failed (%s); keeping events in memory",
                                  exc)
                     break
-                except Exception:
+                except BaseException:  # never lose the popped event without a trace
                     self._dead_letter_unprocessable(draft.event_id, draft.event_type, None)
                     self._settle(1)
                     continue

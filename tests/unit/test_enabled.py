@@ -58,3 +58,13 @@ def test_an_unknown_decision_is_not_recorded_and_the_log_says_which_are_allowed(
     assert len(lines) == 1 and "allow, block, redact, escalate" in lines[0]
     assert gov.stats()["warnings"]["unknown_decision"] == 2
     gov.shutdown(1)
+
+
+def test_enabled_false_needs_no_writable_local_dir(tmp_path: Path) -> None:
+    unwritable = tmp_path / "file"
+    unwritable.write_text("not a directory")
+    gov = Governor(app="off", local_dir=unwritable / "pg", enabled=False, register_atexit=False)
+    assert not (unwritable / "pg").exists()
+    gov.shutdown(1)
+    with pytest.raises(promptgov.ConfigurationError):
+        Governor(app="off", local_dir=tmp_path, enabled="no", register_atexit=False)

@@ -300,3 +300,68 @@ def test_an_event_that_cannot_be_processed_leaves_no_content_in_the_dead_letter_
     assert b"bob@example.com" not in dead and b"4111" not in dead
     assert gov.stats()["dead_lettered"] == 1
     gov.shutdown(5)
+
+
+def _swallowing_mapper(*args: Any, **kwargs: Any) -> Any:
+    while True:  # swallows every Exception: the watchdog's interruption is not one
+        try:
+            sum(range(1000))
+        except Exception:
+            pass
+
+
+def _interrupting_mapper(*args: Any, **kwargs: Any) -> Any:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("durability", ["memory", "wal"])
+@pytest.mark.parametrize("mapper", [_swallowing_mapper, _interrupting_mapper])
+def test_mappers_that_swallow_interruptions_or_raise_keyboard_interrupt_cost_only_content(
+        tmp_path: Path, durability: str, mapper: Any) -> None:
+    gov = make_gov(tmp_path, durability=durability, host_code_timeout_ms=100)
+
+    @gov.tool(name="mapped", input_mapper=mapper)
+    def mapped(x: int) -> int:
+        return x * 2
+
+    with gov.use():
+        assert mapped(21) == 42  # never an exception, never a hang, in wal either
+        emit_tools(gov, 3)
+    assert gov.flush(30).complete
+    events = read_local_events(tmp_path)
+    assert len(events) == 4
+    stats = gov.stats()
+    if mapper is _swallowing_mapper:  # interrupted: the event keeps only its metadata
+        assert stats["content_withheld"] == {"host_code_timeout": 1}, stats
+    else:  # the mapper failed: the bound arguments are recorded instead
+        assert stats["warnings"].get("input_mapper_failed") == 1, stats
+    gov.shutdown(5)
+
+
+def test_a_nested_bound_keeps_the_outer_one(tmp_path: Path) -> None:
+    """A decorated call inside a mapper (wal: on the host's thread) must not lift the
+    mapper's own bound."""
+    gov = make_gov(tmp_path, durability="wal", host_code_timeout_ms=200)
+
+    @gov.tool(name="inner")
+    def inner(x: int) -> int:
+        return x
+
+    def mapper(*args: Any, **kwargs: Any) -> Any:
+        inner(1)
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            pass
+        return {"x": 1}
+
+    @gov.tool(name="outer", input_mapper=mapper)
+    def outer(x: int) -> int:
+        return x
+
+    with gov.use():
+        started = time.monotonic()
+        assert outer(7) == 7
+        took = time.monotonic() - started
+    assert took < 2.0, took  # bounded by the outer 200 ms (twice: prompt-less tool = once)
+    assert gov.stats()["content_withheld"].get("host_code_timeout") == 1
+    gov.shutdown(5)
