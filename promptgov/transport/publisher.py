@@ -586,6 +586,8 @@ class Publisher:
             if delivered and batch.spool is not None:
                 batch.spool.ack(batch.last_seq)
                 self._notify_space()
+                if id(batch.spool) not in self._counted_spools:  # adopted: count them here
+                    self.stats.delivered += len(batch.by_seq)
             if batch.settled:  # after the ack: a flush that returned leaves nothing to resend
                 self._settle(batch.settled)
         self._finish_adopted()

@@ -159,8 +159,10 @@ def test_app_killed_mid_stream_its_spool_is_shipped_at_restart(
     restarted = governor(broker, unique_topic_prefix, tmp_path, durability="wal")
     report = restarted.flush(90)
     assert report.complete, report
+    stats = restarted.stats()
     count_back(read_back, broker, unique_topic_prefix, emitted, fault_report,
-               adopted=restarted.stats()["adopted"])
+               adopted=stats["adopted"])
+    assert stats["delivered"] == stats["adopted"] >= len(emitted)  # adopted ones count too
     assert not spools[0].exists()  # shipped, then removed
     restarted.shutdown(10)
 
