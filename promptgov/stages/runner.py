@@ -226,6 +226,7 @@ class StageRunner:
         the next owner reads it as soon as the rebalance completes.
         """
         consumer = self._consumer
+        deadline = time.monotonic() + 10  # for all of them: a broker may be down
         for tp in partitions:
             owned = self._owned.get(tp)
             if owned is None:
@@ -235,13 +236,13 @@ class StageRunner:
                 self._owned.pop(tp, None)
             expected = self._next.get(tp)
             if consumer is not None and expected is not None:
-                deadline = time.monotonic() + 10
                 with contextlib.suppress(Exception):
                     while (await consumer.committed(tp) or 0) < expected and \
                             time.monotonic() < deadline:
                         await asyncio.sleep(0.01)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(owned.producer.stop(), 10)
+                await asyncio.wait_for(owned.producer.stop(),
+                                       max(deadline - time.monotonic(), 1.0))
 
     # --- one partition's batch ----------------------------------------------------------
 
