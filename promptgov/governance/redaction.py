@@ -30,7 +30,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Protocol, TypeAlias, runtime_checkable
@@ -108,12 +108,13 @@ _EMAIL_LEADING = ".'!#&%+-"  # not kept at the start of a local part ("'jane@x.o
 # --- digit-based detectors, matched on the "shape" view (digits -> "0") ------------------
 
 # One pass over the shape view finds the candidates of three detectors, told apart by their
-# look-behind: an IBAN from its check digits (two letters before), an IPv4 address (group 1),
-# or a payment card / phone number (group 2): a run of 8-25 digits with single separators
-# (spaces, dashes, dots, slashes, parentheses), each repeat unit holding exactly one digit.
+# look-behind: an IBAN from its check digits (two letters before; the shortest IBAN is
+# enough, its country's length is checked after), an IPv4 address (group 1), or a payment
+# card / phone number (group 2): a run of 8-25 digits with single separators (spaces,
+# dashes, dots, slashes, parentheses), each repeat unit holding exactly one digit.
 _NUMBERS = re.compile(
     rb"0(?<!00)(?:"  # "(?<!00)": most digits continue a number, rejected at once
-    rb"(?<=[A-Za-z][A-Za-z]0)(?<![A-Za-z0-9_][A-Za-z][A-Za-z]0)0(?:[ \-]?[A-Za-z0]){11,34}"
+    rb"(?<=[A-Za-z][A-Za-z]0)(?<![A-Za-z0-9_][A-Za-z][A-Za-z]0)0(?:[ \-]?[A-Za-z0]){11}"
     rb"|(?<![A-Za-z0-9_.]0)(0{0,2}\.0{1,3}\.0{1,3}\.0{1,3})(?![A-Za-z0-9_]|\.0)"
     rb"|(?<![A-Za-z0-9_.,]0)((?:0|[ .\-/]\(?0|\(0|\)[ .\-]?0){7,24})(?![A-Za-z0-9_])"
     rb")"
@@ -205,7 +206,8 @@ _UNDERSCORE_RULES = (
     (3, rb"(?<=do[opr]_)(?<![A-Za-z0-9]do[opr]_)v1_[a-f0-9]{64}"),  # DigitalOcean
     (2, rb"(?<=[rs]k_)(?<![A-Za-z0-9][rs]k_)(?:live|test)_[A-Za-z0-9]{10,}"),  # Stripe
 )
-_UNDERSCORE_KEYS = _keys_after(rb"_(?<=[a-z0-9]_)", _UNDERSCORE_RULES)
+# (a "_" after any other character than a prefix's last is rejected at once)
+_UNDERSCORE_KEYS = _keys_after(rb"_(?<=[abcfkmnoprstu8]_)", _UNDERSCORE_RULES)
 _UNDERSCORE_PREFIX = (0, *(size for size, _ in _UNDERSCORE_RULES))  # by group number
 # keys whose provider prefix ends with "-" (anchored on the "-")
 _DASH_RULES = (
@@ -225,7 +227,7 @@ _DASH_RULES = (
     _after(b"xai", rb"[A-Za-z0-9]{60,}", b"-"),
     _after(b"django", rb"insecure-[^\s\"'`]{30,}", b"-"),  # Django SECRET_KEY
 )
-_DASH_KEYS = _keys_after(rb"-(?<=[A-Za-z0-9]-)", _DASH_RULES)
+_DASH_KEYS = _keys_after(rb"-(?<=[abeikoprstxKX]-)", _DASH_RULES)  # not "415-555"
 _DASH_PREFIX = (0, *(size for size, _ in _DASH_RULES))
 _DASH_KIND = ("", *(["api_key"] * (len(_DASH_RULES) - 1)), "secret")  # the last: Django
 _A_KEYS = re.compile(  # AWS access key ids, Google API keys, Twilio account SIDs
@@ -266,13 +268,13 @@ _PASSWORD_KEYWORDS_SCAN = (b"pass",)  # "password x" (no ":" or "=")
 _SECRET_SCAN = 256  # value characters checked per keyword; longer values are still redacted
 # after a keyword: a suffix such as "_id", an optional closing quote, ":" or "=", an optional
 # opening quote, then the value (token-like for keys, almost anything for passwords)
-_ASSIGN = re.compile(
-    rb"([a-z0-9_\-?]{0,24})\\?[\"']?[ \t]{0,3}(?::=|=>|->|[:=])[ \t]{0,3}(\\?[\"'`])?"
-)
+_ASSIGN = rb"([a-z0-9_\-?]{0,24})\\?[\"']?[ \t]{0,3}(?::=|=>|->|[:=])[ \t]{0,3}(\\?[\"'`])?"
 # "my password is x", "the token was x", "password x" (the verb is optional for passwords)
-_PHRASE = re.compile(
+_PHRASE = (
     rb"([a-z0-9_\-?]{0,24})[ \t]{1,3}((?:is|was|ist|est|es)[ \t]{1,3}:?[ \t]{0,3})?(\\?[\"'`])?"
 )
+# one call for both: an assignment (groups 1-2), else a phrase (groups 3-5)
+_ASSIGN_OR_PHRASE = re.compile(_ASSIGN + b"|" + _PHRASE)
 _TOKEN_VALUE = re.compile(rb"[^\s\"'`,;&<>(){}\[\]=\\\x00]{1,%d}={0,2}" % _SECRET_SCAN)
 _TOKEN_REST = re.compile(rb"[^\s\"'`,;&<>(){}\[\]=\\\x00]*={0,2}")
 _PASSWORD_VALUE = re.compile(rb"[^\s\"'`,;\\\x00]{1,%d}" % _SECRET_SCAN)
@@ -779,12 +781,13 @@ def _search(
 
 def _find_emails(text: str, view: bytearray, spans: list[_Span]) -> None:
     ascii_text = text.isascii()
+    found: Iterable[re.Match[bytes] | re.Match[str]] | None
     if ascii_text:
-        found: Iterable[re.Match[bytes] | re.Match[str]] = _matches(_EMAIL_AT, view, b"@")
-    elif _more_than(view, b"@", _FIND_LIMIT):
-        found = _EMAIL_AT_UNICODE.finditer(text)
+        found = _matches(_EMAIL_AT, view, b"@")
     else:  # ASCII domains on the byte view, others (IDN) with the Unicode pattern
         found = _emails_mixed(text, view)
+        if found is None:  # many "@": the Unicode pattern scans for them faster
+            found = _EMAIL_AT_UNICODE.finditer(text)
     size = len(text)
     for m in found:
         at, end = m.span()
@@ -800,25 +803,22 @@ def _find_emails(text: str, view: bytearray, spans: list[_Span]) -> None:
         spans.append((start, end, "email"))
 
 
-def _more_than(buf: bytearray, byte: bytes, limit: int) -> bool:
-    """``buf.count(byte) > limit``, found with at most ``limit + 1`` memchr calls."""
-    pos = -1
-    for _ in range(limit + 1):
-        pos = buf.find(byte, pos + 1)
-        if pos == -1:
-            return False
-    return True
-
-
-def _emails_mixed(text: str, view: bytearray) -> Iterator[re.Match[bytes] | re.Match[str]]:
+def _emails_mixed(text: str, view: bytearray) -> list[re.Match[bytes] | re.Match[str]] | None:
+    """The address candidates at each "@" of ``view``, or None if there are more than
+    ``_FIND_LIMIT`` of them."""
+    found: list[re.Match[bytes] | re.Match[str]] = []
+    size = len(view)
     at = view.find(b"@")
-    while at != -1:
+    for _ in range(_FIND_LIMIT):
+        if at == -1:
+            return found
         m: re.Match[bytes] | re.Match[str] | None = _EMAIL_AT.match(view, at)
-        if m is None or view[m.end() : m.end() + 1] == b"?":  # "?": maybe a non-ASCII letter
-            m = _EMAIL_AT_UNICODE.match(text, at)
+        if m is None or ((end := m.end()) < size and view[end] == 0x3F):  # "?": maybe a
+            m = _EMAIL_AT_UNICODE.match(text, at)  # non-ASCII letter
         if m is not None:
-            yield m
+            found.append(m)
         at = view.find(b"@", at + 1)
+    return found if at == -1 else None
 
 
 def _email_start(text: str, view: bytearray, at: int, ascii_text: bool) -> int | None:
@@ -956,15 +956,14 @@ def _find_keyword_secrets(
 def _secret_value(text: str, lower: bytearray, pos: int, keyword: bytes) -> tuple[int, int] | None:
     """The span of the secret value introduced by the keyword that ends at ``pos``."""
     password = keyword in _PASSWORD_KEYWORDS
+    m = _ASSIGN_OR_PHRASE.match(lower, pos)
+    if m is None:
+        return None
+    suffix, quote, phrase_suffix, verb, phrase_quote = m.groups()
+    phrase = suffix is None  # the assignment's suffix group always takes part in it
     strict = False
-    m = _ASSIGN.match(lower, pos)
-    if m is not None:
-        suffix, quote = m.groups()
-    else:
-        m = _PHRASE.match(lower, pos)
-        if m is None:
-            return None
-        suffix, verb, quote = m.groups()
+    if phrase:
+        suffix, quote = phrase_suffix, phrase_quote
         if verb is None and not password:
             return None
         strict = verb is None and quote is None
@@ -991,7 +990,7 @@ def _secret_value(text: str, lower: bytearray, pos: int, keyword: bytes) -> tupl
         return None
     end = value_match.end()
     value = text[start:end]
-    if strict or m.re is _PHRASE:
+    if strict or phrase:
         check = value.rstrip(".,;:!?)")
         end = start + len(value.rstrip(".,;:)"))
     else:
@@ -1090,7 +1089,7 @@ def _find_numbers(
                 if phone and digits <= 17:
                     found = _phone_span(text, chunk, start, start + len(chunk), digits)
                     if found is not None:
-                        append((found[0], found[1], "phone"))
+                        append(found)
             elif group == 1:
                 if ip:
                     start, end = m.span()
@@ -1098,10 +1097,10 @@ def _find_numbers(
                         append((start, end, "ip_address"))
             else:  # an IBAN's check digits: the match may run past the IBAN
                 start = m.start()
-                found = _iban_span(text, shape, start - 2) if iban else None
-                if found is not None:
-                    append((found[0], found[1], "iban"))
-                pos = start + 1 if found is None else found[1]
+                account = _iban_span(text, shape, start - 2) if iban else None
+                if account is not None:
+                    append((account[0], account[1], "iban"))
+                pos = start + 1 if account is None else account[1]
                 break  # scan again from there
         else:
             return
@@ -1138,9 +1137,14 @@ def _card_in(
         offsets[i] = offsets[i - 1] + sizes[i - 1] + len(parts[i - 1][1])
     count = len(parts)
     best: tuple[int, int] | None = None
+    remaining = digits  # in the groups from ``first`` on
     for first in range(count):
-        if first and parts[first - 1][1] in (b".", b"/"):
-            continue  # after a decimal point or a slash: part of another number
+        if first:
+            remaining -= sizes[first - 1]
+            if remaining < 13:
+                break  # too few digits left for a card
+            if parts[first - 1][1] in (b".", b"/"):
+                continue  # after a decimal point or a slash: part of another number
         separator = parts[first][1]
         total = 0
         for last in range(first, count):
@@ -1223,9 +1227,7 @@ def _iban_span(text: str, shape: bytearray, start: int) -> tuple[int, int] | Non
     return start, end
 
 
-def _phone_span(
-    text: str, chunk: bytes, start: int, end: int, digits: int
-) -> tuple[int, int] | None:
+def _phone_span(text: str, chunk: bytes, start: int, end: int, digits: int) -> _Span | None:
     """The phone number in a candidate (``chunk`` is its shape), or None."""
     lead = text[start - 1] if start else ""
     if (
@@ -1244,12 +1246,12 @@ def _phone_span(
             return None
         if separators == b".":
             return None  # a signed decimal such as "+48.858400"
-        return start - 1, end
+        return start - 1, end, "phone"
     if not separators:  # a bare run of digits is an id, not a phone number
         return None
     trunk = text[start] == "0"
     if trunk and text[start + 1] == "0":  # 00 international prefix
-        return (start, end) if digits >= 10 and text[start + 2] != "0" else None
+        return (start, end, "phone") if digits >= 10 and text[start + 2] != "0" else None
     if digits > 12:
         return None
     sizes = list(map(len, chunk.translate(_DIGIT_GROUPS).split()))
@@ -1269,7 +1271,7 @@ def _phone_span(
         start -= 1
     if _word_before(text, start) in _ID_WORDS:
         return None  # "order no. 123-456-7890", "tracking 1234 5678 9012"
-    return start, end
+    return start, end, "phone"
 
 
 def _dotted_phone(sizes: list[int], trunk: bool) -> bool:
