@@ -76,6 +76,7 @@ BUILTIN_KINDS: frozenset[str] = frozenset(_PRIORITY)
 """Kinds detected by `DefaultRedactor` (selectable with its ``kinds`` argument)."""
 
 _Span = tuple[int, int, str]
+_View: TypeAlias = "bytes | bytearray"  # the ASCII view of a text: a copy if blanked
 _START = itemgetter(0)
 
 # --- shared character sets ---------------------------------------------------------------
@@ -512,7 +513,7 @@ class DefaultRedactor:
         # Every detector is gated by a fast test on ``text`` (membership of one character is
         # a memchr). Matching runs on ``view``: one byte per code point (non-ASCII -> "?"),
         # so offsets equal those in ``text``.
-        view = bytearray(text.encode("ascii", "replace"))
+        view: _View = text.encode("ascii", "replace")  # a copy to blank in, if needed
         digit = _has_digit(text)
         # Whole tokens are found first and blanked (NUL bytes) for the detectors that follow:
         # a key block or a JWT is not searched for keys, a key is not re-examined as a
@@ -521,12 +522,18 @@ class DefaultRedactor:
             _find_private_keys(view, spans, begin)
         if jwt and "J" in text:
             spans.extend((m.start(), m.end(), "jwt") for m in _matches(_JWT, view, b"eyJ"))
-        blanked = _blank(view, spans, len_extra)
+        if len(spans) > len_extra:
+            view = bytearray(view)
+            _blank(view, spans, len_extra)
+        blanked = len(spans)
         if email and "@" in text:
             _find_emails(text, view, spans)
         if api_key:
             _find_api_keys(text, view, digit, spans)
-        _blank(view, spans, blanked)
+        if len(spans) > blanked:
+            if not isinstance(view, bytearray):
+                view = bytearray(view)
+            _blank(view, spans, blanked)
         if secret and ":" in text:
             _find_url_credentials(text, view, spans)
         if bearer or secret:
@@ -579,11 +586,21 @@ def _merge(spans: list[_Span], *, by_start: bool = False) -> list[_Span]:
     return merged
 
 
-def _blank(view: bytearray, spans: list[_Span], first: int) -> int:
-    """Overwrite ``spans[first:]`` in ``view`` with NUL bytes; return ``len(spans)``."""
-    for start, end, _ in spans[first:]:
-        view[start:end] = bytes(end - start)
-    return len(spans)
+def _blank(view: bytearray, spans: list[_Span], first: int) -> None:
+    """Overwrite ``spans[first:]`` in ``view`` with NUL bytes, copied from a shared zero
+    buffer through a memoryview (faster than slice assignment on the bytearray, and no
+    allocation, not even for a key block as long as the text)."""
+    zeros = _ZEROS
+    size = len(zeros)
+    with memoryview(view) as target:
+        for start, end, _ in spans[first:]:
+            while end - start > size:
+                target[start : start + size] = zeros
+                start += size
+            target[start:end] = zeros[: end - start]
+
+
+_ZEROS = memoryview(bytes(65536))
 
 
 def _has_digit(text: str) -> bool:
@@ -744,7 +761,7 @@ _ENGINE_SCAN = 1024  # in this many bytes or more, the engine finds a shorter li
 
 
 def _matches(
-    pattern: re.Pattern[bytes], buf: bytearray, anchor: bytes, pos: int = 0
+    pattern: re.Pattern[bytes], buf: _View, anchor: bytes, pos: int = 0
 ) -> Iterable[re.Match[bytes]]:
     """``pattern.finditer(buf, pos)`` for a pattern that starts with the literal ``anchor``.
 
@@ -778,7 +795,7 @@ def _matches(
     return found
 
 
-def _find_private_keys(view: bytearray, spans: list[_Span], pos: int = 0) -> None:
+def _find_private_keys(view: _View, spans: list[_Span], pos: int = 0) -> None:
     while (begin := _search(_PEM_BEGIN, view, b"-----BEGIN", pos)) is not None:
         end = _search(_PEM_END, view, b"-----END", begin.end())
         if end is None:  # unterminated block (e.g. cut off): redact through the end
@@ -789,7 +806,7 @@ def _find_private_keys(view: bytearray, spans: list[_Span], pos: int = 0) -> Non
 
 
 def _search(
-    pattern: re.Pattern[bytes], buf: bytearray, anchor: bytes, pos: int
+    pattern: re.Pattern[bytes], buf: _View, anchor: bytes, pos: int
 ) -> re.Match[bytes] | None:
     """``pattern.search(buf, pos)`` for a pattern that starts with the long literal
     ``anchor``, located with ``find`` (which skips ahead by up to its length)."""
@@ -801,7 +818,7 @@ def _search(
     return None
 
 
-def _find_emails(text: str, view: bytearray, spans: list[_Span]) -> None:
+def _find_emails(text: str, view: _View, spans: list[_Span]) -> None:
     ascii_text = text.isascii()
     found: Iterable[re.Match[bytes] | re.Match[str]] | None
     if ascii_text:
@@ -825,7 +842,7 @@ def _find_emails(text: str, view: bytearray, spans: list[_Span]) -> None:
         spans.append((start, end, "email"))
 
 
-def _emails_mixed(text: str, view: bytearray) -> list[re.Match[bytes] | re.Match[str]] | None:
+def _emails_mixed(text: str, view: _View) -> list[re.Match[bytes] | re.Match[str]] | None:
     """The address candidates at each "@" of ``view``, or None if there are more than
     ``_FIND_LIMIT`` of them."""
     found: list[re.Match[bytes] | re.Match[str]] = []
@@ -843,7 +860,7 @@ def _emails_mixed(text: str, view: bytearray) -> list[re.Match[bytes] | re.Match
     return found if at == -1 else None
 
 
-def _email_start(text: str, view: bytearray, at: int, ascii_text: bool) -> int | None:
+def _email_start(text: str, view: _View, at: int, ascii_text: bool) -> int | None:
     """Start of the local part that ends at ``at`` (the "@"), or None."""
     if text[at - 1] == '"':  # quoted local part: "john doe"@example.org (maybe JSON-escaped)
         quote = text.rfind('"', max(0, at - 66), at - 1)
@@ -881,7 +898,7 @@ def _eight_distinct(s: str) -> bool:
     return len(set(s[:12])) >= 8 or len(set(s)) >= 8
 
 
-def _find_api_keys(text: str, view: bytearray, digit: bool, spans: list[_Span]) -> None:
+def _find_api_keys(text: str, view: _View, digit: bool, spans: list[_Span]) -> None:
     # every pattern starts with a literal, so running it is as cheap as a substring gate
     # a key starts with its provider prefix, just before the separator the pattern is
     # anchored on (no letter or digit precedes it); the group that matched tells which
@@ -925,7 +942,7 @@ def _find_api_keys(text: str, view: bytearray, digit: bool, spans: list[_Span]) 
                 spans.append((start, m.end(), "api_key"))
 
 
-def _find_url_credentials(text: str, view: bytearray, spans: list[_Span]) -> None:
+def _find_url_credentials(text: str, view: _View, spans: list[_Span]) -> None:
     for m in _matches(_URL_CREDENTIALS, view, b"://"):
         start, end = m.span(1)
         value = text[start:end]
@@ -934,7 +951,7 @@ def _find_url_credentials(text: str, view: bytearray, spans: list[_Span]) -> Non
 
 
 def _find_keyword_secrets(
-    text: str, view: bytearray, bearer: bool, secret: bool, digit: bool, spans: list[_Span]
+    text: str, view: _View, bearer: bool, secret: bool, digit: bool, spans: list[_Span]
 ) -> None:
     assignment = ":" in text or "=" in text  # "key: ...", "Authorization: ..."
     lower = view.lower()
@@ -980,7 +997,7 @@ def _find_keyword_secrets(
             covered = found[1]
 
 
-def _secret_value(text: str, lower: bytearray, pos: int, keyword: bytes) -> tuple[int, int] | None:
+def _secret_value(text: str, lower: _View, pos: int, keyword: bytes) -> tuple[int, int] | None:
     """The span of the secret value introduced by the keyword that ends at ``pos``."""
     password = keyword in _PASSWORD_KEYWORDS
     m = _ASSIGN_OR_PHRASE.match(lower, pos)
@@ -1032,7 +1049,7 @@ def _secret_value(text: str, lower: bytearray, pos: int, keyword: bytes) -> tupl
     return start, end
 
 
-def _find_ipv6(text: str, view: bytearray, spans: list[_Span]) -> None:
+def _find_ipv6(text: str, view: _View, spans: list[_Span]) -> None:
     pos = view.find(b":")  # memchr, then the regex engine
     if pos == -1:
         return  # every ":" was inside a key or token found before
@@ -1087,8 +1104,8 @@ def _ipv4_span(text: str, start: int, end: int) -> bool:
 
 def _find_numbers(
     text: str,
-    view: bytearray,
-    shape: bytearray,
+    view: _View,
+    shape: _View,
     iban: bool,
     card: bool,
     phone: bool,
@@ -1146,7 +1163,7 @@ _GROUPS = re.compile(rb"(0+)([^0]*)")  # digit groups and the separator after ea
 
 
 def _card_in(
-    text: str, view: bytearray, chunk: bytes, start: int, digits: int
+    text: str, view: _View, chunk: bytes, start: int, digits: int
 ) -> tuple[int, int] | None:
     """The widest run of whole digit groups in a candidate that is a valid card number.
 
@@ -1218,7 +1235,7 @@ _CARD_NETWORK = re.compile(
 _LUHN_DOUBLE = bytes.maketrans(b"0123456789", b"0246813579")
 
 
-def _valid_card(text: str, start: int, number: bytearray, *, labelled: bool = True) -> bool:
+def _valid_card(text: str, start: int, number: _View, *, labelled: bool = True) -> bool:
     """``number`` (its digits as bytes, written at ``start`` in ``text``) belongs to a card
     network, passes Luhn and is not labelled as another number; 13 digits need a card word.
     Anything but 13-19 ASCII digits (a parenthesis used as a separator...) is no card."""
@@ -1236,7 +1253,7 @@ def _valid_card(text: str, start: int, number: bytearray, *, labelled: bool = Tr
     )
 
 
-def _iban_span(text: str, shape: bytearray, start: int) -> tuple[int, int] | None:
+def _iban_span(text: str, shape: _View, start: int) -> tuple[int, int] | None:
     country = text[start : start + 2].upper()
     length = _IBAN_LENGTHS.get(country)
     if length is None:
