@@ -114,20 +114,14 @@ _EMAIL_LEADING = ".'!#&%+-"  # not kept at the start of a local part ("'jane@x.o
 # One pass over the shape view finds the candidates of three detectors, told apart by their
 # look-behind: an IBAN from its check digits (two letters before; the shortest IBAN is
 # enough, its country's length is checked after), an IPv4 address (group 1), or a payment
-# card / phone number (group 2 or 3): a run of 8-25 digits with single separators (spaces,
-# dashes, dots, slashes, parentheses), each repeat unit holding exactly one digit. A unit
-# matches in one way at most, so the longest run is tried first without keeping the states
-# to backtrack into (group 2, cheaper); only if the run is followed by a letter or digit is
-# it matched again, backtracking to a shorter run (group 3). The look-ahead rejects runs
-# too short to hold 8 digits at once.
-_UNIT = rb"(?:0|[ .\-/]\(?0|\(0|\)[ .\-]?0)"
+# card / phone number (group 2): a run of 8-25 digits with single separators (spaces,
+# dashes, dots, slashes, parentheses), each repeat unit holding exactly one digit.
 _NUMBERS = re.compile(
     rb"0(?<!00)(?:"  # "(?<!00)": most digits continue a number, rejected at once
     rb"(?<=[A-Za-z][A-Za-z]0)(?<![A-Za-z0-9_][A-Za-z][A-Za-z]0)0(?:[ \-]?[A-Za-z0]){11}"
     rb"|(?<![A-Za-z0-9_.]0)(0{0,2}\.0{1,3}\.0{1,3}\.0{1,3})(?![A-Za-z0-9_]|\.0)"
-    rb"|(?<![A-Za-z0-9_.,]0)(?=[0 .\-/()]{7})"
-    rb"(?:(%s{7,24}+)(?![A-Za-z0-9_])|(%s{7,24})(?![A-Za-z0-9_]))"
-    rb")" % (_UNIT, _UNIT)
+    rb"|(?<![A-Za-z0-9_.,]0)((?:0|[ .\-/]\(?0|\(0|\)[ .\-]?0){7,24})(?![A-Za-z0-9_])"
+    rb")"
 )
 # an IBAN of each registered length, from its country code; one kind of separator
 _IBAN_BODY = {
